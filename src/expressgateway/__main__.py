@@ -1,0 +1,3 @@
+from expressgateway.cli import main
+
+raise SystemExit(main())
