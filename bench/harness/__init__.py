@@ -1,0 +1,1 @@
+"""Benchmark harness: expressgateway against the proxies users would pick instead."""

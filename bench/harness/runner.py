@@ -1,0 +1,161 @@
+"""The interleaved loop: for each round, each scenario, each proxy in turn (A B C A B C ...)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .certs import make_cert
+from .loadgen import LoadError
+from .origin import origin
+from .probes import ProbeError
+from .procs import stop, wait_port_free
+from .proxies import build
+from .proxies.base import Context, Proxy, ProxyStartError, last_lines
+from .scenarios import Env, Measurement, Scenario, by_name
+from .settings import HOST, PROXY_ADMIN_PORT, PROXY_PORT, RunOptions
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    proxy: str
+    round: int
+    status: str  # "ok" | "n/a" | "error"
+    reason: str = ""
+    measurement: Measurement | None = None
+
+
+@dataclass
+class RunRecord:
+    options: RunOptions
+    scenarios: list[Scenario]
+    proxies: list[Proxy]
+    outcomes: list[Outcome] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    finished: float = 0.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+REQUIRED_TOOLS = ("nginx", "wrk", "h2load", "taskset", "openssl")
+
+
+def check_prerequisites(scenarios: list[Scenario]) -> None:
+    missing = [
+        t for t in REQUIRED_TOOLS if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()
+    ]
+    if missing:
+        raise SystemExit(
+            f"missing tools: {', '.join(missing)} (run `bash bench/run.sh --install-only` or "
+            "apt-get install -y nginx-light wrk nghttp2-client util-linux openssl)"
+        )
+
+
+def run(options: RunOptions) -> RunRecord:
+    catalogue = by_name()
+    scenarios = [catalogue[name] for name in options.scenarios]
+    proxies = build(options.proxies, natural=options.mode.name == "natural")
+    check_prerequisites(scenarios)
+    record = RunRecord(options, scenarios, proxies)
+    if options.mode.load_cpus is not None:
+        os.sched_setaffinity(0, set(options.mode.load_cpus))
+    record.versions = {p.name: p.version() for p in proxies}
+    unavailable = {p.name: p.available() for p in proxies}
+    sticky: dict[tuple[str, str], str] = {}  # (proxy, kind) -> reason it cannot start
+    with tempfile.TemporaryDirectory(prefix="eg-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        certs = make_cert(tmp / "certs")
+        with origin(tmp, options.mode) as docroot:
+            env = Env(
+                duration=options.duration,
+                warmup=options.warmup,
+                mode=options.mode,
+                work_dir=tmp,
+                docroot=docroot,
+                certs=certs,
+                smoke=options.smoke,
+            )
+            for rnd in range(1, options.rounds + 1):
+                for scenario in scenarios:
+                    for proxy in proxies:
+                        outcome = run_one(scenario, proxy, rnd, env, unavailable, sticky)
+                        record.outcomes.append(outcome)
+                        log(_describe(outcome))
+    record.finished = time.time()
+    return record
+
+
+def run_one(
+    scenario: Scenario,
+    proxy: Proxy,
+    rnd: int,
+    env: Env,
+    unavailable: dict[str, str | None],
+    sticky: dict[tuple[str, str], str],
+) -> Outcome:
+    base = Outcome(scenario.name, proxy.name, rnd, "n/a")
+    reason = unavailable.get(proxy.name) or proxy.unsupported(scenario.kind)
+    reason = reason or sticky.get((proxy.name, scenario.kind))
+    if reason:
+        base.reason = reason
+        return base
+    front = scenario.front()
+    run_dir = Path(
+        tempfile.mkdtemp(prefix=f"{proxy.name}-{scenario.name}-r{rnd}-", dir=env.work_dir)
+    )
+    ctx = Context(run_dir=run_dir, certs=env.certs, mode=env.mode)
+    for port in (PROXY_PORT, PROXY_ADMIN_PORT):
+        wait_port_free(HOST, port)
+    try:
+        managed = proxy.start(front, ctx)
+    except ProxyStartError as exc:
+        sticky[(proxy.name, scenario.kind)] = str(exc)
+        base.reason = str(exc)
+        return base
+    try:
+        try:
+            scenario.probe(front, env)
+        except ProbeError as exc:
+            base.reason = f"{exc} {last_lines(managed.log_tail(), 1, 160)}".strip()
+            sticky[(proxy.name, scenario.kind)] = base.reason
+            return base
+        try:
+            measurement = scenario.run(front, managed.pid, env)
+        except LoadError as exc:
+            return Outcome(scenario.name, proxy.name, rnd, "error", str(exc))
+        except Exception as exc:  # keep the other proxies' numbers; report this one
+            return Outcome(scenario.name, proxy.name, rnd, "error", f"{type(exc).__name__}: {exc}")
+        if not managed.alive():
+            return Outcome(
+                scenario.name, proxy.name, rnd, "error", f"proxy exited: {last_lines(managed.log_tail())}"
+            )
+        return Outcome(scenario.name, proxy.name, rnd, "ok", measurement=measurement)
+    finally:
+        stop(managed)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _describe(outcome: Outcome) -> str:
+    head = f"round {outcome.round} {outcome.scenario:<11} {outcome.proxy:<18}"
+    m = outcome.measurement
+    if outcome.status != "ok" or m is None:
+        return f"{head} {outcome.status}: {outcome.reason[:200]}"
+    parts = [f"{m.rate:,.0f}/s" if m.rate is not None else "rate ?"]
+    if m.cpu_us_per_unit is not None:
+        parts.append(f"{m.cpu_us_per_unit:.1f} cpu-us/unit")
+    if m.p99_ms is not None:
+        parts.append(f"p99 {m.p99_ms:.2f} ms")
+    if m.peak_rss_mib is not None:
+        parts.append(f"rss {m.peak_rss_mib:.1f} MiB")
+    parts.extend(f"{k} {v:.2f}" for k, v in m.extra.items())
+    parts.append(f"errors {m.errors}")
+    return f"{head} " + ", ".join(parts)
