@@ -1,0 +1,1 @@
+"""The built-in demo: a config and an origin."""

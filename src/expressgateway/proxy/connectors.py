@@ -1,0 +1,56 @@
+"""How a stream gets a back for an endpoint, per backend protocol.
+
+``take`` is synchronous (a pooled connection, or a new stream on a live
+multiplexed connection); ``connect`` opens a new connection. The HTTP/2 and
+HTTP/3 work adds their connectors here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from expressgateway.upstream.endpoint import Endpoint
+from expressgateway.upstream.pool import Pool, open_connection, peer_key
+
+if TYPE_CHECKING:
+    from expressgateway.proxy.context import L7Context
+    from expressgateway.proxy.h1back import H1Back
+
+
+class Connector:
+    def take(self, ctx: L7Context, ep: Endpoint) -> H1Back | None:
+        raise NotImplementedError
+
+    async def connect(self, ctx: L7Context, ep: Endpoint) -> H1Back:
+        raise NotImplementedError
+
+
+class H1Connector(Connector):
+    def take(self, ctx: L7Context, ep: Endpoint) -> H1Back | None:
+        conn = ctx.pool.take(peer_key(ep))
+        if conn is None:
+            return None
+        from expressgateway.proxy.h1back import H1Back
+
+        assert isinstance(conn, H1Back)
+        conn.reused = True
+        return conn
+
+    async def connect(self, ctx: L7Context, ep: Endpoint) -> H1Back:
+        from expressgateway.proxy.h1back import H1Back
+
+        pool: Pool = ctx.pool
+        ssl_ctx = pool.ssl_context(ep) if ep.tls else None
+        key = peer_key(ep)
+        proto = await open_connection(lambda: H1Back(ctx, key), ep, ssl_ctx, ctx.connect_timeout)
+        Pool.count_new()
+        assert isinstance(proto, H1Back)
+        return proto
+
+
+_H1 = H1Connector()
+CONNECTORS: dict[str, Connector] = {"tcp": _H1, "h1": _H1}
+
+
+def connector_for(ep: Endpoint) -> Connector:
+    return CONNECTORS.get(ep.protocol, _H1)

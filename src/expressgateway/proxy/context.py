@@ -1,0 +1,86 @@
+"""What every stream of one L7 listener shares, built once per worker."""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from expressgateway.config import Config, ListenerConfig
+from expressgateway.io.admission import Admission
+from expressgateway.io.sweeper import Sweeper
+from expressgateway.observability.metrics import REGISTRY
+from expressgateway.upstream.balancer import Balancer
+from expressgateway.upstream.pool import Pool
+
+REQUESTS = REGISTRY.counter(
+    "http_requests_total",
+    "HTTP requests answered, by listener, route, front protocol version and status class.",
+    ("listener", "route", "version", "status_class"),
+)
+BACKEND_REQUESTS = REGISTRY.counter(
+    "backend_requests_total",
+    "Requests sent to each backend, by status class of its answer (error = no answer).",
+    ("listener", "backend", "status_class"),
+)
+DURATION = REGISTRY.histogram(
+    "http_request_duration_seconds",
+    "Time from request head to the end of the response.",
+    ("listener", "route", "version"),
+)
+INFLIGHT = REGISTRY.gauge("http_requests_inflight", "Requests in progress.", ("listener",))
+REJECTED = REGISTRY.counter(
+    "http_request_errors_total",
+    "Requests answered by the gateway itself because of bad input, a limit, a defense or an "
+    "upstream failure, by reason.",
+    ("listener", "reason"),
+)
+UPSTREAM_ERRORS = REGISTRY.counter(
+    "upstream_errors_total",
+    "Upstream failures (connect refused or timed out, reset, truncated, bad response), by reason.",
+    ("listener", "backend", "reason"),
+)
+RETRIES = REGISTRY.counter(
+    "upstream_retries_total", "Requests retried on a new connection.", ("listener", "reason")
+)
+
+
+@dataclass
+class L7Context:
+    name: str
+    listener: ListenerConfig
+    config: Config
+    balancer: Balancer
+    pool: Pool
+    sweeper: Sweeper
+    admission: Admission
+    scheme: bytes
+    tls: bool
+    ssl_context: ssl.SSLContext | None = None
+    alt_svc: bytes | None = None
+    access_log: bool = False
+    route: str = ""
+    draining: bool = False
+    _status_children: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        http = self.listener.http
+        self.header_timeout = http.header_timeout_ms / 1000
+        self.body_timeout = http.body_timeout_ms / 1000
+        self.head_timeout = http.head_timeout_ms / 1000
+        self.total_timeout = http.total_timeout_ms / 1000
+        self.connect_timeout = self.config.runtime.connect_timeout_ms / 1000
+        self.max_keepalive = self.config.runtime.max_keepalive_requests
+        self.inflight = INFLIGHT.labels(self.name)
+        self.duration = {v: DURATION.labels(self.name, self.route, v) for v in ("h1", "h2", "h3")}
+
+    def count_request(self, version: str, status: int) -> None:
+        key = (version, status // 100)
+        child = self._status_children.get(key)
+        if child is None:
+            cls = f"{status // 100}xx" if 100 <= status < 600 else "other"
+            child = self._status_children[key] = REQUESTS.labels(self.name, self.route, version, cls)
+        child.value += 1
+
+    def reject(self, reason: str) -> None:
+        REJECTED.labels(self.name, reason).inc()

@@ -1,0 +1,212 @@
+"""The HTTP/1.1 back: one upstream connection carrying one exchange at a
+time, returned to the pool when the exchange ends cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from expressgateway.codec.h1.client import H1ClientCodec
+from expressgateway.core.errors import UpstreamError
+from expressgateway.core.events import (
+    Body,
+    Headers,
+    Informational,
+    RequestHead,
+    ResponseHead,
+    Trailers,
+    TunnelData,
+)
+from expressgateway.io.sockets import configure_upstream
+from expressgateway.upstream.pool import PeerKey
+
+if TYPE_CHECKING:
+    from expressgateway.proxy.context import L7Context
+    from expressgateway.proxy.websocket import WsTunnel
+    from expressgateway.proxy.stream import Stream
+
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+
+class H1Back(asyncio.Protocol):
+    __slots__ = (
+        "codec", "created", "ctx", "eof", "idle_since", "key", "reused", "stream",
+        "transport", "_wbuf", "tunnel",
+    )
+
+    def __init__(self, ctx: L7Context, key: PeerKey) -> None:
+        self.ctx = ctx
+        self.key = key
+        http = ctx.listener.http
+        self.codec = H1ClientCodec(
+            max_header_bytes=http.max_header_bytes,
+            max_headers=http.max_headers,
+            max_response_body_bytes=http.max_response_body_bytes,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self.created = time.monotonic()
+        self.idle_since = self.created
+        self.reused = False
+        self.eof = False
+        self.tunnel: WsTunnel | None = None
+        self._wbuf: list[bytes] = []
+
+    # -- pool interface ---------------------------------------------------------
+    def alive(self) -> bool:
+        t = self.transport
+        return t is not None and not self.eof and not t.is_closing()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            configure_upstream(sock)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.backend_data(data)
+            return
+        stream = self.stream
+        if stream is None:
+            # Bytes from an idle backend: nothing can be trusted on it any more.
+            self.abort()
+            return
+        try:
+            events = self.codec.feed(data)
+        except UpstreamError as err:
+            self.stream = None
+            self.abort()
+            stream.on_back_error(err, False)
+            stream.flush()
+            return
+        self._dispatch(stream, events)
+        stream.flush()
+
+    def _dispatch(self, stream: Stream, events: list[object]) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is Body:
+                stream.on_response_body(ev.data, ev.end_stream)  # type: ignore[attr-defined]
+            elif t is ResponseHead:
+                stream.on_response_head(ev)  # type: ignore[arg-type]
+            elif t is Informational:
+                stream.on_informational(ev)  # type: ignore[arg-type]
+            elif t is Trailers:
+                stream.on_response_trailers(ev.headers)  # type: ignore[attr-defined]
+            elif t is TunnelData:
+                if self.tunnel is not None:
+                    self.tunnel.backend_data(ev.data)  # type: ignore[attr-defined]
+                continue
+            if self.stream is None and self.tunnel is None:
+                break
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        stream = self.stream
+        if stream is None or self.tunnel is not None:
+            return False
+        try:
+            events = self.codec.feed_eof()
+        except UpstreamError as err:
+            self.stream = None
+            stream.on_back_error(err, self.reused and not self.codec.started)
+            stream.flush()
+            return False
+        self._dispatch(stream, events)
+        if self.stream is stream:
+            # EOF before the response even began: the peer closed the connection.
+            self.stream = None
+            stream.on_back_error(
+                UpstreamError("upstream_closed"), self.reused and not self.codec.started
+            )
+        stream.flush()
+        return False
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_client()
+        elif self.stream is not None:
+            self.stream.front.pause_request()
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.resume_client()
+        elif self.stream is not None:
+            self.stream.front.resume_request()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.tunnel is not None:
+            self.tunnel.backend_closed()
+            return
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.on_back_error(
+                UpstreamError("upstream_reset", detail=str(exc or "")),
+                self.reused and not self.codec.started,
+            )
+            stream.flush()
+        else:
+            self.ctx.pool.discard(self)
+
+    # -- Back interface -------------------------------------------------------------
+    def attach(self, stream: Stream) -> None:
+        self.stream = stream
+        self.codec.reset()
+
+    def send_request_head(self, head: RequestHead) -> None:
+        self._wbuf.append(self.codec.encode_request_head(head))
+
+    def send_body(self, data: bytes, end_stream: bool) -> None:
+        out = self.codec.encode_body(data, end_stream)
+        if out:
+            self._wbuf.append(out)
+
+    def send_trailers(self, headers: Headers) -> None:
+        self._wbuf.append(self.codec.encode_trailers(headers))
+
+    def send_raw(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        buf = self._wbuf
+        if buf and self.transport is not None:
+            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        buf.clear()
+
+    def pause_response(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_response(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        self.stream = None
+        self._wbuf.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def finish(self, request_complete: bool) -> None:
+        self.stream = None
+        self.flush()
+        if request_complete and self.codec.reusable and self.alive():
+            self.reused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self.ctx.pool.put(self)
+        else:
+            self.close()

@@ -1,0 +1,434 @@
+"""The HTTP/1.1 front: one client connection, one request at a time.
+
+Pipelined requests wait in the codec until the current response is done.
+Timers are deadlines checked by the worker's sweeper:
+- header timeout (idle keep-alive and slowloris): no complete head in time
+  -> close;
+- body timeout (slow POST): no request-body progress in time -> 408;
+- head timeout: upload done, no response head in time -> 504;
+- total timeout: a request's whole exchange -> 504, or abort after the head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING
+
+from expressgateway.codec.h1.server import H1ServerCodec
+from expressgateway.core.errors import DownstreamError, ProxyError
+from expressgateway.core.events import (
+    Body,
+    Headers,
+    Informational,
+    RequestHead,
+    ResponseHead,
+    Trailers,
+    TunnelData,
+)
+from expressgateway.observability.metrics import REGISTRY
+from expressgateway.proxy.forwarding import upstream_head
+from expressgateway.proxy.stream import Stream
+
+if TYPE_CHECKING:
+    from expressgateway.proxy.context import L7Context
+    from expressgateway.proxy.h1back import H1Back
+    from expressgateway.proxy.websocket import WsTunnel
+
+log = logging.getLogger("expressgateway.h1")
+
+_SLOWLORIS = REGISTRY.counter(
+    "security_slowloris_reaped_total",
+    "Connections closed because a request head did not arrive within header_timeout_ms.",
+    ("listener",),
+)
+_SLOW_POST = REGISTRY.counter(
+    "security_slow_post_total",
+    "Requests answered 408 because the body made no progress within body_timeout_ms.",
+    ("listener",),
+)
+
+# phases of the connection
+IDLE, BODY, WAIT_HEAD, RESPONDING, TUNNEL, CLOSING = range(6)
+# reasons to stop reading the client (a bit each)
+P_CONNECT, P_BACKPRESSURE, P_PIPELINE = 1, 2, 4
+
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+
+class H1Front(asyncio.Protocol):
+    __slots__ = (
+        "admitted", "codec", "ctx", "deadline", "keep_alive", "paused", "peer_ip", "phase",
+        "requests", "sni", "stream", "total_deadline", "transport", "_wbuf", "loop",
+        "request_method", "got_bytes", "tunnel",
+    )
+
+    def __init__(self, ctx: L7Context) -> None:
+        self.ctx = ctx
+        http = ctx.listener.http
+        rt = ctx.config.runtime
+        self.codec = H1ServerCodec(
+            max_header_bytes=http.max_header_bytes,
+            max_headers=http.max_headers,
+            max_request_body_bytes=http.max_request_body_bytes,
+            underscore_policy=rt.header_underscore_policy,
+            strict_te=ctx.config.security.strict_te,
+            scheme=ctx.scheme,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self.peer_ip = ""
+        self.admitted = False
+        self.phase = IDLE
+        self.paused = 0
+        self.requests = 0
+        self.keep_alive = True
+        self.deadline = math.inf
+        self.total_deadline = math.inf
+        self.sni: str | None = None
+        self.request_method = b"GET"
+        self.got_bytes = False
+        self.tunnel: WsTunnel | None = None
+        self._wbuf: list[bytes] = []
+        self.loop = asyncio.get_running_loop()
+
+    # -- connection -----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else ""
+        ctx = self.ctx
+        if not ctx.admission.admit(ctx.name, self.peer_ip):
+            transport.abort()
+            return
+        self.admitted = True
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        if ctx.tls:
+            sslobj = transport.get_extra_info("ssl_object")
+            self.sni = getattr(sslobj, "eg_sni", None) if sslobj is not None else None
+        self.deadline = self.loop.time() + ctx.header_timeout
+        ctx.sweeper.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.phase = CLOSING
+        if self.admitted:
+            self.admitted = False
+            self.ctx.admission.release(self.ctx.name, self.peer_ip)
+            self.ctx.sweeper.discard(self)
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.on_front_closed()
+        if self.tunnel is not None:
+            self.tunnel.client_closed()
+
+    def eof_received(self) -> bool:
+        # A client half-close while a response is pending is allowed by RFC 9112
+        # §9.6 only loosely; we finish the response, then close.
+        if self.stream is not None and self.stream.request_done:
+            self.keep_alive = False
+            return True
+        return False
+
+    # -- input ------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.client_data(data)
+            return
+        self.got_bytes = True
+        try:
+            events = self.codec.feed(data)
+        except DownstreamError as err:
+            self._bad_request(err)
+            return
+        if events:
+            self._dispatch(events)
+        if self.stream is not None:
+            self.stream.flush()
+        else:
+            self.flush()
+
+    def _dispatch(self, events: list[object]) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is Body:
+                stream = self.stream
+                if stream is None:
+                    continue
+                if ev.end_stream:  # type: ignore[attr-defined]
+                    if self.phase == BODY:
+                        self.phase = WAIT_HEAD
+                        self.deadline = self.loop.time() + self.ctx.head_timeout
+                elif self.phase == BODY:
+                    self.deadline = self.loop.time() + self.ctx.body_timeout
+                stream.on_request_body(ev.data, ev.end_stream)  # type: ignore[attr-defined]
+            elif t is RequestHead:
+                self._on_head(ev)  # type: ignore[arg-type]
+            elif t is Trailers:
+                if self.stream is not None:
+                    if self.phase == BODY:
+                        self.phase = WAIT_HEAD
+                        self.deadline = self.loop.time() + self.ctx.head_timeout
+                    self.stream.on_request_trailers(ev.headers)  # type: ignore[attr-defined]
+            elif t is TunnelData:
+                if self.tunnel is not None:
+                    self.tunnel.client_data(ev.data)  # type: ignore[attr-defined]
+
+    def _on_head(self, head: RequestHead) -> None:
+        ctx = self.ctx
+        now = self.loop.time()
+        self.request_method = head.method
+        self.total_deadline = now + ctx.total_timeout
+        if head.end_stream:
+            self.phase = WAIT_HEAD
+            self.deadline = now + ctx.head_timeout
+        else:
+            self.phase = BODY
+            self.deadline = now + ctx.body_timeout
+        stream = Stream(ctx, self, head, self.peer_ip, "h1")
+        self.stream = stream
+        # Pipelined requests wait until this one is answered.
+        self._pause(P_PIPELINE)
+        problem = self._check(head)
+        if problem is not None:
+            stream.fail(problem)
+            return
+        if head.protocol is not None and ctx.listener.websocket is not None:
+            from expressgateway.proxy.websocket import start_websocket
+
+            start_websocket(stream, self, head)
+            return
+        http = ctx.listener.http
+        stream.start(
+            upstream_head(head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via)
+        )
+
+    def _check(self, head: RequestHead) -> ProxyError | None:
+        if self.sni is not None and head.authority:
+            host = head.authority.rsplit(b":", 1)[0] if not head.authority.endswith(b"]") else head.authority
+            if host.strip(b"[]").lower().decode("latin-1") != self.sni.lower():
+                return DownstreamError("sni_host_mismatch", status=421)
+        for name, value in head.headers:
+            if name == b"content-type" and value[:16].lower() == b"application/grpc":
+                rest = value[16:17]
+                if rest in (b"", b"+", b";"):
+                    return DownstreamError("grpc_over_http1", status=415)
+        return None
+
+    def _bad_request(self, err: DownstreamError) -> None:
+        """Bad input: answer with the error's status and close."""
+        self.keep_alive = False
+        stream = self.stream
+        if stream is not None and not stream.closed:
+            if stream.response_started:
+                self.ctx.reject(err.reason)
+                stream.on_timeout(err)  # aborts both sides
+            else:
+                stream.fail(err)
+            self.flush()
+            self._close()
+            return
+        self.ctx.reject(err.reason)
+        self._write_local(err.status, err.reason)
+        self.ctx.count_request("h1", err.status)
+        self._close()
+
+    # -- flow control ---------------------------------------------------------------------
+    def _pause(self, bit: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= bit
+
+    def _resume(self, bit: int) -> None:
+        if self.paused & bit:
+            self.paused &= ~bit
+            if not self.paused and self.transport is not None:
+                self.transport.resume_reading()
+
+    def pause_request(self) -> None:
+        self._pause(P_BACKPRESSURE if self.stream and not self.stream.connecting else P_CONNECT)
+
+    def resume_request(self) -> None:
+        self._resume(P_CONNECT | P_BACKPRESSURE)
+        # Reading resumed: the body clock restarts (the wait was ours, not the client's).
+        if self.phase == BODY:
+            self.deadline = self.loop.time() + self.ctx.body_timeout
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.back.pause_response()
+            return
+        stream = self.stream
+        if stream is not None and stream.back is not None:
+            stream.back.pause_response()
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.back.resume_response()
+            return
+        stream = self.stream
+        if stream is not None and stream.back is not None:
+            stream.back.resume_response()
+
+    # -- tunnels ------------------------------------------------------------------------------
+    def start_tunnel(self, head: ResponseHead, back: H1Back) -> None:
+        """The backend said 101: say 101 to the client and relay frames."""
+        from expressgateway.proxy.websocket import WsTunnel
+
+        lines = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"]
+        for name, value in head.headers:
+            if name.startswith(b"sec-websocket-"):
+                lines.append(name + b": " + value + b"\r\n")
+        lines.append(b"\r\n")
+        self._wbuf.append(b"".join(lines))
+        self.flush()
+        self.phase = TUNNEL
+        self.deadline = math.inf
+        self.total_deadline = math.inf
+        tunnel = WsTunnel(self, back)
+        self.tunnel = tunnel
+        back.tunnel = tunnel
+        self._resume(P_PIPELINE | P_CONNECT | P_BACKPRESSURE)
+        early = self.codec.start_tunnel()
+        if early:
+            tunnel.client_data(early)
+
+    def write_raw(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close_after_flush(self) -> None:
+        self._close()
+
+    # -- Front interface (called by the stream) ------------------------------------------
+    def send_informational(self, info: Informational) -> None:
+        if info.status == 100 and not self.codec.expect_continue:
+            return  # the client did not ask; a stray 100 would confuse it
+        self._wbuf.append(self.codec.encode_informational(info))
+
+    def send_response_head(self, head: ResponseHead) -> None:
+        self.phase = RESPONDING
+        self.deadline = self.total_deadline
+        keep = self._keep_alive_after()
+        self._wbuf.append(
+            self.codec.encode_response_head(head, request_method=self.request_method, keep_alive=keep)
+        )
+
+    def send_body(self, data: bytes, end_stream: bool) -> None:
+        out = self.codec.encode_body(data, end_stream)
+        if out:
+            self._wbuf.append(out)
+
+    def send_trailers(self, headers: Headers) -> None:
+        out = self.codec.encode_trailers(headers)
+        if out:
+            self._wbuf.append(out)
+
+    def local_reply(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        stream = self.stream
+        if stream is not None and not stream.request_done:
+            self.keep_alive = False
+        self._write_local(status, reason, extra)
+
+    def _write_local(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        keep = self._keep_alive_after()
+        self._wbuf.append(
+            self.codec.encode_local_reply(status, reason, extra_headers=extra, keep_alive=keep)
+        )
+
+    def abort(self, reason: str) -> None:
+        # Closing without the message's end (last chunk, or short of
+        # Content-Length) tells the client the response is truncated.
+        self.keep_alive = False
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def pause_for_connect(self) -> None:
+        self._pause(P_CONNECT)
+
+    def _keep_alive_after(self) -> bool:
+        ctx = self.ctx
+        if not self.keep_alive or not self.codec.keep_alive:
+            self.keep_alive = False
+            return False
+        if ctx.max_keepalive and self.requests + 1 >= ctx.max_keepalive:
+            self.keep_alive = False
+            return False
+        if ctx.draining:  # type: ignore[attr-defined]
+            self.keep_alive = False
+            return False
+        return True
+
+    def flush(self) -> None:
+        buf = self._wbuf
+        if buf and self.transport is not None:
+            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        buf.clear()
+
+    def stream_done(self) -> None:
+        stream = self.stream
+        self.stream = None
+        self.requests += 1
+        if self.transport is None or self.phase == TUNNEL:
+            return
+        if not self.keep_alive or (stream is not None and not stream.request_done):
+            self.flush()
+            self._close()
+            return
+        self.phase = IDLE
+        self.got_bytes = False
+        self.deadline = self.loop.time() + self.ctx.header_timeout
+        self.total_deadline = math.inf
+        self._resume(P_PIPELINE | P_CONNECT | P_BACKPRESSURE)
+        try:
+            events = self.codec.next_request()
+        except DownstreamError as err:
+            self.flush()
+            self._bad_request(err)
+            return
+        if events:
+            self.got_bytes = True
+            self.flush()
+            self._dispatch(events)
+
+    def _close(self) -> None:
+        self.phase = CLOSING
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+    # -- deadlines ---------------------------------------------------------------------------
+    def on_deadline(self, now: float) -> None:
+        phase = self.phase
+        stream = self.stream
+        ctx = self.ctx
+        if stream is None:
+            if phase == IDLE:
+                if self.got_bytes or self.codec.has_partial():
+                    _SLOWLORIS.labels(ctx.name).inc()
+                    ctx.reject("header_timeout")
+                self.deadline = math.inf
+                self._close()
+            return
+        if now >= self.total_deadline:
+            err = ProxyError("total_timeout", status=504)
+        elif phase == BODY:
+            _SLOW_POST.labels(ctx.name).inc()
+            err = DownstreamError("body_timeout", status=408)
+            self.keep_alive = False
+        elif phase == WAIT_HEAD:
+            err = ProxyError("head_timeout", status=504)
+        elif phase == TUNNEL:
+            self.deadline = math.inf
+            return
+        else:
+            self.deadline = self.total_deadline
+            return
+        self.deadline = math.inf
+        stream.on_timeout(err)
+        self.flush()

@@ -1,0 +1,110 @@
+"""Builds ``h1`` and ``h1s`` listeners in a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+from expressgateway.config import ListenerConfig
+from expressgateway.io.sweeper import Sweeper
+from expressgateway.io.tls import server_context
+from expressgateway.proxy.context import L7Context
+from expressgateway.proxy.h1front import H1Front
+from expressgateway.runtime.listeners import Running, WorkerContext, balancer_for, builder
+from expressgateway.upstream.pool import Pool
+
+_shared: dict[int, tuple[Sweeper, Pool]] = {}
+
+
+class _PoolReaper:
+    """Reaps idle upstream connections once a second, via the sweeper."""
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.deadline = loop.time() + 1.0
+
+    def on_deadline(self, now: float) -> None:
+        self.pool.reap()
+        self.deadline = now + 1.0
+
+
+def _worker_shared(wc: WorkerContext) -> tuple[Sweeper, Pool]:
+    """One sweeper and one upstream pool per worker, shared by its listeners."""
+    key = id(wc)
+    got = _shared.get(key)
+    if got is None:
+        loop = asyncio.get_running_loop()
+        timeouts = [
+            t
+            for lc in wc.config.listeners
+            for t in (lc.http.header_timeout_ms, lc.http.body_timeout_ms)
+        ]
+        sweeper = Sweeper(min(timeouts or [1000]) / 1000 / 10)
+        sweeper.start()
+        pc = wc.config.pool
+        pool = Pool(
+            per_peer_max=pc.per_peer_max,
+            total_max=pc.total_max,
+            idle_timeout=pc.idle_timeout_ms / 1000,
+            max_age=pc.max_age_ms / 1000,
+            clock=loop.time,
+        )
+        sweeper.add(_PoolReaper(pool, loop))
+        got = _shared[key] = (sweeper, pool)
+    return got
+
+
+def _remember_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    # The SNI/Host check (421) needs the name the client asked for.
+    try:
+        sslobj.eg_sni = name  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+
+
+@builder("h1", "h1s")
+async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
+    cfg = wc.config
+    sweeper, pool = _worker_shared(wc)
+    ssl_ctx = None
+    if lc.protocol == "h1s":
+        assert lc.tls is not None
+        ssl_ctx = server_context(
+            lc.tls.cert_path,
+            lc.tls.key_path,
+            alpn=lc.tls.alpn or ("http/1.1",),
+            tls13_only=cfg.runtime.tls.tls13_only,
+            where=f"listener {lc.name!r}",
+        )
+        ssl_ctx.sni_callback = _remember_sni
+    alt_svc = None
+    if lc.alt_svc is not None:
+        alt_svc = b'h3=":%d"; ma=%d' % (lc.alt_svc.h3_port, lc.alt_svc.max_age)
+    ctx = L7Context(
+        name=lc.name,
+        listener=lc,
+        config=cfg,
+        balancer=balancer_for(lc),
+        pool=pool,
+        sweeper=sweeper,
+        admission=wc.admission,
+        scheme=b"https" if ssl_ctx else b"http",
+        tls=ssl_ctx is not None,
+        ssl_context=ssl_ctx,
+        alt_svc=alt_svc,
+        access_log=cfg.observability.access_log,
+    )
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: H1Front(ctx),
+        sock=sock,
+        backlog=cfg.runtime.tcp_backlog,
+        ssl=ssl_ctx,
+        ssl_handshake_timeout=cfg.runtime.handshake_timeout_ms / 1000 if ssl_ctx else None,
+    )
+    running = Running(lc.name, server=server)
+    running.extra.append(ctx)
+    return running
+

@@ -1,0 +1,60 @@
+"""The two halves a :class:`~expressgateway.proxy.stream.Stream` bridges.
+
+A *front* is the server side of one client stream (an HTTP/1.1 connection's
+current request, or one HTTP/2 or HTTP/3 stream); a *back* is the client
+side of one upstream exchange. Each protocol implements both once; the
+stream never knows which protocol is on either side. Everything here is
+synchronous: bytes go to transports, and backpressure is pause/resume.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from expressgateway.core.events import Headers, Informational, RequestHead, ResponseHead
+
+
+class Front(Protocol):
+    """Server side of a stream, as the bridge sees it."""
+
+    def send_informational(self, info: Informational) -> None: ...
+
+    def send_response_head(self, head: ResponseHead) -> None: ...
+
+    def send_body(self, data: bytes, end_stream: bool) -> None: ...
+
+    def send_trailers(self, headers: Headers) -> None: ...
+
+    def local_reply(self, status: int, reason: str, extra: Headers = ...) -> None:
+        """Answer from the gateway itself (only before a response head went out)."""
+
+    def abort(self, reason: str) -> None:
+        """End the client stream abnormally (after the head went out)."""
+
+    def pause_request(self) -> None: ...
+
+    def resume_request(self) -> None: ...
+
+    def stream_done(self) -> None:
+        """The exchange is over (response complete or aborted)."""
+
+
+class Back(Protocol):
+    """Client side of an upstream exchange, as the bridge sees it."""
+
+    reused: bool
+
+    def send_request_head(self, head: RequestHead) -> None: ...
+
+    def send_body(self, data: bytes, end_stream: bool) -> None: ...
+
+    def send_trailers(self, headers: Headers) -> None: ...
+
+    def pause_response(self) -> None: ...
+
+    def resume_response(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def finish(self, request_complete: bool) -> None:
+        """The exchange ended cleanly: keep the connection for reuse if it can be."""

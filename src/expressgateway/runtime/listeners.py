@@ -1,0 +1,128 @@
+"""Start the servers of one worker: one per configured listener.
+
+Each protocol has a builder that turns a listener config and its inherited
+socket into a running server. L7 protocols register theirs here too, so the
+worker knows nothing about any protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from expressgateway.config import Config, ListenerConfig
+from expressgateway.io.admission import Admission
+from expressgateway.io.tls import server_context
+from expressgateway.l4.tcp import L4Context, TcpRelay
+from expressgateway.l4.udp import UdpContext, UdpListener
+from expressgateway.upstream.balancer import Balancer, RoundRobin
+from expressgateway.upstream.endpoint import Endpoint
+
+
+@dataclass
+class Running:
+    """A started listener: something to stop accepting on, and to close."""
+
+    name: str
+    server: asyncio.AbstractServer | None = None
+    udp: UdpListener | None = None
+    extra: list[Any] = field(default_factory=list)
+
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.udp is not None:
+            self.udp.close()
+
+
+@dataclass
+class WorkerContext:
+    """What all listeners of a worker share."""
+
+    config: Config
+    admission: Admission
+    index: int
+
+
+Builder = Callable[[WorkerContext, ListenerConfig, socket.socket], Awaitable[Running]]
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(*protocols: str) -> Callable[[Builder], Builder]:
+    def register(fn: Builder) -> Builder:
+        for p in protocols:
+            BUILDERS[p] = fn
+        return fn
+
+    return register
+
+
+def endpoints_of(listener: ListenerConfig) -> list[Endpoint]:
+    return [
+        Endpoint(
+            host=b.host,
+            port=b.port,
+            protocol=b.protocol,
+            weight=b.weight,
+            tls=b.tls,
+            tls_ca_path=b.tls_ca_path,
+            tls_verify_hostname=b.tls_verify_hostname,
+            tls_verify_peer=b.tls_verify_peer,
+        )
+        for b in listener.backends
+    ]
+
+
+def balancer_for(listener: ListenerConfig) -> Balancer:
+    return RoundRobin(endpoints_of(listener))
+
+
+@builder("tcp", "tls")
+async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
+    rt = wc.config.runtime
+    ssl_ctx = None
+    if lc.protocol == "tls" and lc.tls is not None:
+        ssl_ctx = server_context(
+            lc.tls.cert_path,
+            lc.tls.key_path,
+            alpn=lc.tls.alpn or (),
+            tls13_only=rt.tls.tls13_only,
+            where=f"listener {lc.name!r}",
+        )
+    ctx = L4Context(
+        name=lc.name,
+        balancer=balancer_for(lc),
+        admission=wc.admission,
+        connect_timeout=rt.connect_timeout_ms / 1000,
+        ssl_context=ssl_ctx,
+        handshake_timeout=rt.handshake_timeout_ms / 1000,
+    )
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: TcpRelay(ctx), sock=sock, backlog=rt.tcp_backlog)
+    return Running(lc.name, server=server)
+
+
+@builder("udp")
+async def _build_udp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
+    ctx = UdpContext(
+        name=lc.name,
+        balancer=balancer_for(lc),
+        idle_timeout=lc.udp.idle_timeout_ms / 1000,
+        max_flows=lc.udp.max_flows,
+        max_datagram=lc.udp.max_datagram_size,
+    )
+    proto = UdpListener(ctx)
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(lambda: proto, sock=sock)
+    return Running(lc.name, udp=proto)
+
+
+def is_udp(lc: ListenerConfig) -> bool:
+    return lc.protocol in ("udp", "quic")
+
+
+def active_protocols() -> set[str]:
+    return set(BUILDERS)

@@ -1,0 +1,304 @@
+"""The supervisor: binds every socket, starts and restarts the workers, owns
+signals, and serves the admin endpoints with metrics merged over workers.
+
+It never accepts traffic itself. Sockets are bound here, all of them before
+any worker starts (so the gateway never boots half up), and handed to the
+workers as inherited descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from expressgateway import __version__
+from expressgateway.config import Config
+from expressgateway.io.sockets import ListenSpec, bind_all, bind_socket
+from expressgateway.observability.admin import AdminProtocol, AdminState, Phase
+from expressgateway.observability.metrics import REGISTRY, merge_snapshots, render
+from expressgateway.runtime import features
+from expressgateway.runtime.control import ControlChannel
+from expressgateway.runtime.listeners import is_udp
+from expressgateway.runtime.protocols import BUILDERS
+
+log = logging.getLogger("expressgateway.supervisor")
+
+_RESTARTS = REGISTRY.counter("worker_restarts_total", "Worker processes restarted after dying.")
+_WORKERS = REGISTRY.gauge("workers", "Worker processes currently running.")
+_UP = REGISTRY.gauge("process_start_time_seconds", "Start time of the gateway, Unix seconds.")
+
+BOOT_TIMEOUT = 30.0
+METRICS_TIMEOUT = 2.0
+
+
+class BootError(Exception):
+    """The gateway could not start; nothing is left serving."""
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    channel: ControlChannel | None = None
+    ready: asyncio.Future[None] | None = None
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    restarts: int = 0
+    last_start: float = 0.0
+
+
+def worker_count(cfg: Config) -> int:
+    return cfg.runtime.workers or os.cpu_count() or 1
+
+
+class Supervisor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.nworkers = worker_count(cfg)
+        self.served = [lc for lc in cfg.listeners if lc.protocol in BUILDERS]
+        self.skipped = [lc for lc in cfg.listeners if lc.protocol not in BUILDERS]
+        self.sockets: list[list[socket.socket]] = []
+        self.admin_sock: socket.socket | None = None
+        self.state = AdminState(cfg.admin.api_token_hash)
+        self.workers: list[WorkerHandle] = []
+        self.stopping = False
+        self.stop_event: asyncio.Event | None = None
+        self._ids = itertools.count(1)
+
+    # -- binding ----------------------------------------------------------------
+    def bind(self) -> None:
+        """Bind every listener socket (one per worker) and the admin socket,
+        all or nothing. Raises :class:`BootError` naming what failed."""
+        from expressgateway.io.sockets import BindError
+
+        specs = [
+            ListenSpec(lc.name, lc.host, lc.port, udp=is_udp(lc), backlog=self.cfg.runtime.tcp_backlog)
+            for lc in self.served
+        ]
+        try:
+            self.sockets = bind_all(specs, self.nworkers)
+            bind = self.cfg.observability.metrics_bind
+            if bind:
+                host, _, port = bind.rpartition(":")
+                host = host.strip("[]")
+                self.admin_sock = bind_socket(ListenSpec("admin", host, int(port), backlog=128))
+        except BindError as exc:
+            for row in self.sockets:
+                for s in row:
+                    s.close()
+            self.sockets = []
+            raise BootError(str(exc)) from exc
+
+    # -- workers ------------------------------------------------------------------
+    async def _spawn(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair()
+        fds = [s.fileno() for s in self.sockets[handle.index]]
+        handle.proc = subprocess.Popen(
+            [sys.executable, "-m", "expressgateway.runtime.worker", "--control-fd", str(child.fileno())],
+            pass_fds=[child.fileno(), *fds],
+        )
+        child.close()
+        handle.last_start = time.monotonic()
+        handle.ready = loop.create_future()
+        _, channel = await loop.connect_accepted_socket(
+            lambda: ControlChannel(
+                lambda m: self._on_message(handle, m), lambda: self._on_worker_gone(handle)
+            ),
+            parent,
+        )
+        handle.channel = channel
+        channel.send(
+            {
+                "op": "start",
+                "config": self.cfg.text,
+                "source": self.cfg.source,
+                "fds": fds,
+                "index": handle.index,
+            }
+        )
+
+    def _on_message(self, handle: WorkerHandle, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "ready":
+            _WORKERS.inc()
+            if handle.ready is not None and not handle.ready.done():
+                handle.ready.set_result(None)
+        elif op == "error":
+            log.error("worker %d failed: %s", handle.index, msg.get("message"))
+            if handle.ready is not None and not handle.ready.done():
+                handle.ready.set_exception(BootError(str(msg.get("message"))))
+        elif op == "metrics":
+            fut = handle.pending.pop(int(msg.get("id", 0)), None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.get("data", {}))
+
+    def _on_worker_gone(self, handle: WorkerHandle) -> None:
+        was_ready = handle.ready is not None and handle.ready.done() and not handle.ready.exception()
+        if was_ready:
+            _WORKERS.dec()
+        handle.channel = None
+        for fut in handle.pending.values():
+            if not fut.done():
+                fut.set_result({})
+        handle.pending.clear()
+        if handle.ready is not None and not handle.ready.done():
+            handle.ready.set_exception(BootError(f"worker {handle.index} exited during start"))
+        if not self.stopping and was_ready:
+            asyncio.get_running_loop().create_task(self._restart(handle))
+
+    async def _reap(self, handle: WorkerHandle, timeout: float) -> int | None:
+        proc = handle.proc
+        if proc is None:
+            return None
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+            await asyncio.sleep(0)
+            proc.wait()
+        return proc.returncode
+
+    async def _restart(self, handle: WorkerHandle) -> None:
+        code = await self._reap(handle, 5.0)
+        if self.stopping:
+            return
+        # Crash loops back off: immediately the first time, up to 5 s after.
+        quick = time.monotonic() - handle.last_start < 10
+        handle.restarts = handle.restarts + 1 if quick else 1
+        delay = min(5.0, 0.1 * (2 ** (handle.restarts - 1))) if quick else 0.0
+        log.error(
+            "worker %d exited with code %s; restarting in %.1fs", handle.index, code, delay,
+            extra={"worker": handle.index, "exit_code": code},
+        )
+        _RESTARTS.inc()
+        await asyncio.sleep(delay)
+        if self.stopping:
+            return
+        try:
+            await self._spawn(handle)
+            assert handle.ready is not None
+            await asyncio.wait_for(handle.ready, BOOT_TIMEOUT)
+        except Exception as exc:
+            log.error("worker %d restart failed: %s", handle.index, exc)
+
+    # -- metrics ------------------------------------------------------------------
+    async def metrics_text(self) -> str:
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[Any]] = []
+        for h in self.workers:
+            if h.channel is None:
+                continue
+            mid = next(self._ids)
+            fut: asyncio.Future[Any] = loop.create_future()
+            h.pending[mid] = fut
+            h.channel.send({"op": "metrics", "id": mid})
+            futs.append(fut)
+        snaps = [REGISTRY.snapshot()]
+        if futs:
+            done, _ = await asyncio.wait(futs, timeout=METRICS_TIMEOUT)
+            snaps += [f.result() for f in done if not f.cancelled() and f.exception() is None]
+        return render(merge_snapshots(snaps))
+
+    # -- run ------------------------------------------------------------------------
+    def _log_boot(self) -> None:
+        log.info("ExpressGateway v%s", __version__, extra={"pid": os.getpid()})
+        log.info(
+            "configuration loaded from %s",
+            self.cfg.source,
+            extra={"listeners": len(self.cfg.listeners), "workers": self.nworkers},
+        )
+        inactive = sorted(
+            {(f, k) for f, k in self.cfg.features_in_use() if f not in features.ACTIVE}
+        )
+        for feature, key in inactive:
+            log.warning(
+                "configured feature is not active yet in this version; accepted and ignored",
+                extra={"feature": feature, "key": key},
+            )
+        for lc in self.skipped:
+            log.warning(
+                "listener protocol is not active yet in this version; not bound",
+                extra={"listener": lc.name, "protocol": lc.protocol},
+            )
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        _UP.set(time.time())
+        self._log_boot()
+        admin_server = None
+        if self.admin_sock is not None:
+            admin_server = await loop.create_server(
+                lambda: AdminProtocol(self.state, self.metrics_text), sock=self.admin_sock
+            )
+            log.info("admin listener started", extra={"address": self.cfg.observability.metrics_bind})
+        drain_settle = {"value": True}
+
+        def on_signal(sig: signal.Signals) -> None:
+            log.info("received %s", sig.name)
+            drain_settle["value"] = sig is signal.SIGTERM
+            assert self.stop_event is not None
+            self.stop_event.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.warning("SIGHUP: hot reload is not active yet in this version")
+        )
+        self.workers = [WorkerHandle(i) for i in range(self.nworkers)]
+        try:
+            for h in self.workers:
+                await self._spawn(h)
+            await asyncio.wait_for(
+                asyncio.gather(*(h.ready for h in self.workers if h.ready is not None)),
+                BOOT_TIMEOUT,
+            )
+        except (BootError, TimeoutError, asyncio.TimeoutError) as exc:
+            log.error("boot failed: %s", exc or "workers did not become ready in time")
+            await self._stop_workers(drain=False)
+            if admin_server is not None:
+                admin_server.close()
+            return 1
+        for lc in self.served:
+            log.info(
+                "listener started",
+                extra={"listener": lc.name, "address": lc.address, "protocol": lc.protocol},
+            )
+        self.state.started = True
+        self.state.phase = Phase.READY
+        log.info("probes flipped to Ready")
+        await self.stop_event.wait()
+        await self._drain(settle=drain_settle["value"])
+        if admin_server is not None:
+            admin_server.close()
+        log.info("ExpressGateway stopped")
+        return 0
+
+    async def _drain(self, *, settle: bool) -> None:
+        self.state.phase = Phase.DRAINING
+        rt = self.cfg.runtime
+        if settle and rt.readiness_settle_ms:
+            log.info("draining: readiness settle", extra={"settle_ms": rt.readiness_settle_ms})
+            await asyncio.sleep(rt.readiness_settle_ms / 1000)
+        await self._stop_workers(drain=True)
+
+    async def _stop_workers(self, *, drain: bool) -> None:
+        self.stopping = True
+        timeout_ms = self.cfg.runtime.drain_timeout_ms if drain else 0
+        for h in self.workers:
+            if h.channel is not None:
+                h.channel.send({"op": "drain", "timeout_ms": timeout_ms})
+        await asyncio.gather(*(self._reap(h, timeout_ms / 1000 + 2.0) for h in self.workers))
+        for row in self.sockets:
+            for s in row:
+                s.close()

@@ -1,0 +1,150 @@
+"""A worker process: one event loop serving every listener on its own
+SO_REUSEPORT sockets, inherited from the supervisor.
+
+Started as ``python -m expressgateway.runtime.worker --control-fd N``; the
+supervisor sends the config text and the socket descriptors over the
+control channel, then asks for metrics, drain or stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from expressgateway.config import ConfigError, parse_config
+from expressgateway.io.admission import Admission
+from expressgateway.observability.logging import setup_logging
+from expressgateway.observability.metrics import REGISTRY
+from expressgateway.runtime import loop as loops
+from expressgateway.runtime.control import ControlChannel
+from expressgateway.runtime.listeners import Running, WorkerContext
+from expressgateway.runtime.protocols import BUILDERS
+
+log = logging.getLogger("expressgateway.worker")
+
+_ACCEPT_ERRORS = REGISTRY.counter(
+    "accept_errors_total", "Errors while accepting connections, by kind.", ("kind",)
+)
+_LOOP_ERRORS = REGISTRY.counter(
+    "event_loop_errors_total", "Unhandled errors reported by the event loop."
+)
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.channel: ControlChannel | None = None
+        self.running: list[Running] = []
+        self.admission: Admission | None = None
+        self.done = asyncio.Event()
+        self.draining = False
+
+    # -- control ------------------------------------------------------------
+    def on_message(self, msg: dict[str, Any]) -> None:
+        op = msg.get("op")
+        if op == "start":
+            asyncio.get_running_loop().create_task(self.start(msg))
+        elif op == "metrics":
+            self.reply({"op": "metrics", "id": msg.get("id"), "data": REGISTRY.snapshot()})
+        elif op == "drain":
+            asyncio.get_running_loop().create_task(self.drain(float(msg.get("timeout_ms", 0)) / 1000))
+        elif op == "stop":
+            self.done.set()
+
+    def on_control_lost(self) -> None:
+        # The supervisor is gone: nobody can restart or stop us properly.
+        self.done.set()
+
+    def reply(self, msg: dict[str, Any]) -> None:
+        if self.channel is not None:
+            self.channel.send(msg)
+
+    # -- lifecycle ----------------------------------------------------------
+    async def start(self, msg: dict[str, Any]) -> None:
+        try:
+            cfg = parse_config(msg["config"], source=msg.get("source", "<supervisor>"))
+        except ConfigError as exc:
+            self.reply({"op": "error", "message": str(exc)})
+            self.done.set()
+            return
+        setup_logging(cfg.observability.log_format, cfg.observability.log_level)
+        rt = cfg.runtime
+        self.admission = Admission(rt.per_ip_connection_cap, rt.max_inflight_connections)
+        wc = WorkerContext(config=cfg, admission=self.admission, index=int(msg.get("index", 0)))
+        fds: list[int] = msg["fds"]
+        try:
+            for lc, fd in zip(cfg.listeners, fds, strict=True):
+                kind = socket.SOCK_DGRAM if lc.protocol in ("udp", "quic") else socket.SOCK_STREAM
+                sock = socket.socket(fileno=fd, type=kind)
+                build = BUILDERS.get(lc.protocol)
+                if build is None:
+                    sock.close()
+                    continue
+                self.running.append(await build(wc, lc, sock))
+        except Exception as exc:
+            log.exception("worker failed to start listeners")
+            self.reply({"op": "error", "message": f"{type(exc).__name__}: {exc}"})
+            self.done.set()
+            return
+        self.reply({"op": "ready", "pid": os.getpid()})
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, let open connections finish, then exit."""
+        if self.draining:
+            return
+        self.draining = True
+        for r in self.running:
+            r.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.admission is None or self.admission.inflight == 0:
+                break
+            await asyncio.sleep(0.05)
+        self.done.set()
+
+
+def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    message = str(context.get("message", ""))
+    exc = context.get("exception")
+    if "accept" in message.lower():
+        kind = "fd_exhausted" if isinstance(exc, OSError) and exc.errno in (23, 24) else "other"
+        _ACCEPT_ERRORS.labels(kind).inc()
+        log.warning("accept error", extra={"kind": kind, "error": str(exc)})
+        return
+    _LOOP_ERRORS.inc()
+    log.error("event loop error: %s", message, extra={"error": repr(exc)})
+
+
+async def _amain(control_fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_exception_handler)
+    worker = Worker()
+    # The supervisor owns signals: a terminal Ctrl-C reaches the whole process
+    # group, and the supervisor then drains us deliberately.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1):
+        loop.add_signal_handler(sig, lambda: None)
+    sock = socket.socket(fileno=control_fd)
+    _, channel = await loop.connect_accepted_socket(
+        lambda: ControlChannel(worker.on_message, worker.on_control_lost), sock
+    )
+    worker.channel = channel
+    await worker.done.wait()
+    for r in worker.running:
+        r.stop_accepting()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="expressgateway-worker")
+    parser.add_argument("--control-fd", type=int, required=True)
+    args = parser.parse_args()
+    setup_logging()
+    loops.run(_amain(args.control_fd))
+
+
+if __name__ == "__main__":
+    main()

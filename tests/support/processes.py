@@ -1,0 +1,116 @@
+"""Helper processes for tests: the Python origin, a TCP echo server, nginx."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.support.gateway import free_port, wait_port
+
+HERE = Path(__file__).parent
+
+
+@contextlib.contextmanager
+def origin(tls: tuple[str, str] | None = None) -> Iterator[int]:
+    """The edge-case HTTP origin (tests/support/origin.py) on a free port."""
+    port = free_port()
+    args = [sys.executable, str(HERE / "origin.py"), str(port)]
+    if tls:
+        args += ["--tls", *tls]
+    proc = subprocess.Popen(args)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+ECHO = r"""
+import asyncio, sys
+class Echo(asyncio.Protocol):
+    def connection_made(self, t): self.t = t
+    def data_received(self, d): self.t.write(d)
+    def eof_received(self):
+        self.t.write_eof()
+        return True
+async def main():
+    s = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", int(sys.argv[1]))
+    async with s: await s.serve_forever()
+asyncio.run(main())
+"""
+
+
+@contextlib.contextmanager
+def tcp_echo() -> Iterator[int]:
+    """A TCP echo server that answers FIN with FIN (for half-close tests)."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", ECHO, str(port)])
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{port};
+        root {dir}/www;
+        location = /hello {{ return 200 "hello from nginx\\n"; }}
+        location /echo-headers {{ return 200 "xff=$http_x_forwarded_for proto=$http_x_forwarded_proto host=$http_host via=$http_via\\n"; }}
+    }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    path = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not os.path.exists(path):
+        raise RuntimeError("nginx is not installed: run scripts/setup.sh --test (apt nginx-light)")
+    return path
+
+
+@contextlib.contextmanager
+def nginx_origin(files: dict[str, bytes] | None = None) -> Iterator[int]:
+    """A real nginx serving static files and a couple of fixed answers."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="eg-nginx-") as tmp:
+        www = Path(tmp) / "www"
+        www.mkdir()
+        for name, data in (files or {}).items():
+            (www / name).write_bytes(data)
+        conf = Path(tmp) / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=tmp, port=port))
+        proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", tmp], stderr=subprocess.PIPE)
+        try:
+            wait_port(port)
+            yield port
+        finally:
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
