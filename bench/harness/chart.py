@@ -46,23 +46,28 @@ def _panel(ax: Any, sc: dict[str, Any]) -> None:
         colors.append("tab:red" if proxy.startswith("expressgateway") else "tab:blue")
     bars = ax.bar(range(len(names)), values, color=colors)
     for bar, value, proxy in zip(bars, values, sc["results"], strict=True):
-        label = (
-            "n/a"
-            if not sc["results"][proxy].get("median")
-            else f"{value:,.0f}"
-            if value >= 100
-            else f"{value:.2f}"
-        )
         ax.annotate(
-            label,
+            _label(sc, proxy, value),
             (bar.get_x() + bar.get_width() / 2, bar.get_height()),
             ha="center",
             va="bottom",
-            fontsize=7,
+            fontsize=6,
         )
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=7)
     ax.set_title(sc["title"], fontsize=8)
+    ax.margins(y=0.18)
     label = HEADLINE_LABEL.get(key, key).format(rate=RATE_LABEL.get(sc["unit"], "/s"))
     ax.set_ylabel(label, fontsize=7)
     ax.tick_params(axis="y", labelsize=7)
+
+
+def _label(sc: dict[str, Any], proxy: str, value: float) -> str:
+    med = sc["results"][proxy].get("median")
+    if not med:
+        return "n/a"
+    text = f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+    cpu = med.get("cpu_us_per_unit")
+    if sc["headline"] == "rate" and cpu is not None:
+        text += f"\n{cpu:,.0f} µs/{sc['unit']}"
+    return text

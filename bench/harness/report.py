@@ -243,9 +243,7 @@ def scenario_table(sc: dict[str, Any]) -> list[str]:
     for proxy, res in sc["results"].items():
         med = res.get("median")
         if not med:
-            cells = (
-                ["n/a"] + [""] * (len(header) - 3) + [_note(res.get("reason", ""), 200)]
-            )
+            cells = ["n/a"] + [""] * (len(header) - 3) + [_note(res.get("reason", ""), 200)]
             lines.append(f"| {proxy} | " + " | ".join(cells) + " |")
             continue
         row = [proxy]

@@ -83,6 +83,7 @@ def run(options: RunOptions) -> RunRecord:
                 docroot=docroot,
                 certs=certs,
                 smoke=options.smoke,
+                probe_deadline=8.0 if options.smoke else 20.0,
             )
             for rnd in range(1, options.rounds + 1):
                 for scenario in scenarios:
@@ -112,7 +113,7 @@ def run_one(
     run_dir = Path(
         tempfile.mkdtemp(prefix=f"{proxy.name}-{scenario.name}-r{rnd}-", dir=env.work_dir)
     )
-    ctx = Context(run_dir=run_dir, certs=env.certs, mode=env.mode)
+    ctx = Context(run_dir=run_dir, certs=env.certs, mode=env.mode, start_timeout=env.probe_deadline)
     for port in (PROXY_PORT, PROXY_ADMIN_PORT):
         wait_port_free(HOST, port)
     try:
@@ -136,7 +137,11 @@ def run_one(
             return Outcome(scenario.name, proxy.name, rnd, "error", f"{type(exc).__name__}: {exc}")
         if not managed.alive():
             return Outcome(
-                scenario.name, proxy.name, rnd, "error", f"proxy exited: {last_lines(managed.log_tail())}"
+                scenario.name,
+                proxy.name,
+                rnd,
+                "error",
+                f"proxy exited: {last_lines(managed.log_tail())}",
             )
         return Outcome(scenario.name, proxy.name, rnd, "ok", measurement=measurement)
     finally:

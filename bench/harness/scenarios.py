@@ -41,6 +41,7 @@ class Env:
     docroot: Path
     certs: CertPair
     smoke: bool = False
+    probe_deadline: float = 20.0
 
 
 @dataclass
@@ -70,13 +71,19 @@ class Scenario:
     unit = "req"
     reference = "haproxy"
     big_idle = False
+    websocket = False
     headline = "rate"  # which figure the chart shows
 
     def front(self) -> Front:
-        return Front(kind=self.kind, backend_port=self.backend_port, big_idle=self.big_idle)
+        return Front(
+            kind=self.kind,
+            backend_port=self.backend_port,
+            big_idle=self.big_idle,
+            websocket=self.websocket,
+        )
 
     def probe(self, front: Front, env: Env) -> None:
-        probes.until_ok(probes.h1_get, front)
+        probes.until_ok(probes.h1_get, front, env.probe_deadline)
 
     def run(self, front: Front, pid: int, env: Env) -> Measurement:
         raise NotImplementedError
@@ -99,10 +106,12 @@ class Throughput(Scenario):
         probe: Callable[[Front, Env], None] | None = None,
         reference: str = "haproxy",
         per_mib: bool = False,
+        websocket: bool = False,
     ) -> None:
         self.name, self.title, self.kind, self.load = name, title, kind, load
         self.unit, self.backend_port, self.reference = unit, backend_port, reference
         self.per_mib = per_mib
+        self.websocket = websocket
         self._probe = probe
 
     def probe(self, front: Front, env: Env) -> None:
@@ -223,7 +232,7 @@ class Upload(Scenario):
         self.title = f"{size // MIB} MiB upload (H1, streamed)"
 
     def probe(self, front: Front, env: Env) -> None:
-        probes.until_ok(probes.h1_post, front)
+        probes.until_ok(probes.h1_post, front, env.probe_deadline)
 
     def run(self, front: Front, pid: int, env: Env) -> Measurement:
         size = 32 * MIB if env.smoke else self.size
@@ -315,23 +324,23 @@ def _h3(concurrency: int) -> LoadFn:
 
 
 def _probe_h2(front: Front, env: Env) -> None:
-    probes.until_ok(probes.h2_get, front)
+    probes.until_ok(probes.h2_get, front, env.probe_deadline)
 
 
 def _probe_grpc(front: Front, env: Env) -> None:
-    probes.until_ok(probes.make_grpc_probe(env.docroot, env.certs.cert), front)
+    probes.until_ok(probes.make_grpc_probe(env.docroot, env.certs.cert), front, env.probe_deadline)
 
 
 def _probe_h3(front: Front, env: Env) -> None:
-    probes.until_ok(probes.h3_get, front, deadline_s=25)
+    probes.until_ok(probes.h3_get, front, env.probe_deadline + 5)
 
 
 def _probe_ws(front: Front, env: Env) -> None:
-    probes.until_ok(probes.ws_echo, front)
+    probes.until_ok(probes.ws_echo, front, env.probe_deadline)
 
 
 def _probe_tcp(front: Front, env: Env) -> None:
-    probes.until_ok(lambda f: probes.h1_get(f, "/16m", 16 * MIB), front)
+    probes.until_ok(lambda f: probes.h1_get(f, "/16m", 16 * MIB), front, env.probe_deadline)
 
 
 def all_scenarios() -> list[Scenario]:

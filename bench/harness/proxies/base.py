@@ -32,6 +32,7 @@ class Front:
     port: int = PROXY_PORT
     host: str = HOST
     big_idle: bool = False  # scenario holds ~10k idle connections
+    websocket: bool = False  # scenario upgrades to WebSocket
 
     @property
     def backend(self) -> str:
@@ -46,6 +47,7 @@ class Context:
     certs: CertPair
     mode: Mode
     workers_override: int | None = None
+    start_timeout: float = 20.0
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -70,7 +72,6 @@ class Proxy(ABC):
     name: str = ""
     label: str = ""
     unsupported_kinds: dict[str, str] = {}
-    start_timeout = 20.0
 
     def unsupported(self, kind: str) -> str | None:
         return self.unsupported_kinds.get(kind)
@@ -91,17 +92,17 @@ class Proxy(ABC):
         managed = spawn(
             self.name, argv, ctx.run_dir, cpus=ctx.mode.proxy_cpus, env=env, cwd=ctx.run_dir
         )
-        if not self.wait_ready(front, managed):
+        if not self.wait_ready(front, managed, ctx.start_timeout):
             tail = last_lines(managed.log_tail())
             stop(managed)
             raise ProxyStartError(f"{self.label} did not start: {tail or 'no output'}")
         return managed
 
-    def wait_ready(self, front: Front, managed: Managed) -> bool:
+    def wait_ready(self, front: Front, managed: Managed, timeout: float) -> bool:
         if front.kind == H3:
             # UDP only for some proxies: the scenario probe retries until it answers.
             return managed.alive()
-        return wait_port(front.host, front.port, self.start_timeout, managed)
+        return wait_port(front.host, front.port, timeout, managed)
 
 
 def last_lines(text: str, count: int = 2, limit: int = 240) -> str:

@@ -31,10 +31,39 @@ def _env() -> dict[str, str]:
     return {"PYTHONPATH": f"{SRC_DIR}{os.pathsep}{path}" if path else str(SRC_DIR)}
 
 
+def sections(front: Front, listen: str, ctx: Context) -> str:
+    """The per-listener TOML tables a front end needs."""
+    out: list[str] = []
+    if listen in ("h1s", "tls"):
+        out += [
+            "[listeners.tls]",
+            f'cert_path = "{ctx.certs.cert}"',
+            f'key_path = "{ctx.certs.key}"',
+        ]
+    if listen == "quic":
+        out += [
+            "[listeners.quic]",
+            f'cert_path = "{ctx.certs.cert}"',
+            f'key_path = "{ctx.certs.key}"',
+            f'retry_secret_path = "{ctx.run_dir / "retry.key"}"',
+        ]
+    if listen in ("h1", "h1s"):
+        out += [
+            "[listeners.http]",
+            "total_timeout_ms = 3600000",
+            f"max_request_body_bytes = {4 << 30}",
+            f"max_response_body_bytes = {4 << 30}",
+        ]
+    if front.websocket:
+        out += ["[listeners.websocket]", "idle_timeout_seconds = 600"]
+    if front.kind == GRPC:
+        out += ["[listeners.grpc]"]
+    return "\n".join(out) + "\n"
+
+
 class ExpressGateway(Proxy):
     name = "expressgateway"
     label = "expressgateway"
-    start_timeout = 20.0
 
     def __init__(self, fixed_workers: int | None = None) -> None:
         self.fixed_workers = fixed_workers
@@ -73,9 +102,6 @@ class ExpressGateway(Proxy):
 
     def command(self, front: Front, ctx: Context) -> tuple[list[str], dict[str, str]]:
         listen, backend = PROTOCOLS[front.kind]
-        tls = ""
-        if listen in ("h1s", "tls", "quic"):
-            tls = f'[listeners.tls]\ncert_path = "{ctx.certs.cert}"\nkey_path = "{ctx.certs.key}"\n'
         if self.fixed_workers is not None:
             workers = self.fixed_workers
         else:
@@ -88,7 +114,7 @@ class ExpressGateway(Proxy):
                 host=front.host,
                 port=front.port,
                 listen_protocol=listen,
-                tls=tls,
+                sections=sections(front, listen, ctx),
                 backend=front.backend,
                 backend_protocol=backend,
                 admin_port=PROXY_ADMIN_PORT,
@@ -96,9 +122,9 @@ class ExpressGateway(Proxy):
         )
         return [sys.executable, "-m", "expressgateway", str(cfg)], _env()
 
-    def wait_ready(self, front: Front, managed: Managed) -> bool:
+    def wait_ready(self, front: Front, managed: Managed, timeout: float) -> bool:
         url = f"http://{HOST}:{PROXY_ADMIN_PORT}/readyz"
-        end = time.monotonic() + self.start_timeout
+        end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not managed.alive():
                 return False

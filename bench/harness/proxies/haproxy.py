@@ -33,8 +33,10 @@ class HAProxy(Proxy):
             render(
                 "haproxy/haproxy.cfg",
                 nbthread=f"nbthread {ctx.workers}" if ctx.workers else "",
-                # The open-file limit here is 20000: ~2 fds per connection.
-                maxconn=9800 if front.big_idle else 8000,
+                # The open-file limit here is 20000 and haproxy budgets 2 fds per
+                # connection; idle client connections share a few pooled server ones.
+                maxconn=10500 if front.big_idle else 8000,
+                strict_limits="no strict-limits" if front.big_idle else "",
                 mode="tcp" if front.kind == TCP else "http",
                 host=front.host,
                 port=front.port,
