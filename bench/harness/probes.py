@@ -78,7 +78,15 @@ def _h2load_once(url: str, extra: list[str]) -> str:
     )
     out = proc.stdout
     if "2 succeeded" not in out or "status codes: 2 2xx" not in out:
-        raise ProbeError(f"h2load: {(out or proc.stderr).strip()[-160:]}")
+        keep = [
+            line.strip()
+            for line in (out + proc.stderr).splitlines()
+            if line.startswith(
+                ("requests:", "status codes:", "Application protocol", "No protocol")
+            )
+            or "rror" in line
+        ]
+        raise ProbeError("h2load: " + " / ".join(keep)[:200])
     if "Application protocol: h2" not in out:
         raise ProbeError("no HTTP/2 negotiated (ALPN)")
     return out

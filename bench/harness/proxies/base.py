@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import string
 import subprocess
 from abc import ABC, abstractmethod
@@ -106,9 +107,21 @@ class Proxy(ABC):
 
 
 def last_lines(text: str, count: int = 2, limit: int = 240) -> str:
-    """The last few non-empty lines of a log, joined on one line (for tables)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " / ".join(lines[-count:])[-limit:]
+    """The last few non-empty log lines on one line (for tables); JSON logs by msg/error."""
+    lines = [_log_text(line.strip()) for line in text.splitlines() if line.strip()]
+    return " / ".join(lines[-count:])[:limit]
+
+
+def _log_text(line: str) -> str:
+    if line.startswith("{"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return line
+        if isinstance(record, dict) and "msg" in record:
+            extra = record.get("error") or record.get("exc") or ""
+            return f"{record['msg']}: {extra}" if extra else str(record["msg"])
+    return line
 
 
 def first_line(argv: list[str]) -> str:
