@@ -111,7 +111,7 @@ class Origin(asyncio.Protocol):
         elif self.sink:
             self.respond(200, json.dumps({"bytes": self.body_size, "sha256": self.sha.hexdigest()}).encode())
         else:
-            asyncio.get_running_loop().create_task(self.route(method, path))
+            asyncio.get_running_loop().create_task(self.route(method, path, list(self.headers)))
         if not keep and (self.echo or self.sink):
             self.close()
         self.reset()
@@ -122,7 +122,7 @@ class Origin(asyncio.Protocol):
             % (status, len(body), extra, body)
         )
 
-    async def route(self, method: bytes, path: str) -> None:
+    async def route(self, method: bytes, path: str, headers: list[tuple[bytes, bytes]]) -> None:
         parts = path.split("?")[0].strip("/").split("/")
         head = parts[0]
         if path == "/":
@@ -157,7 +157,7 @@ class Origin(asyncio.Protocol):
                 {
                     "method": method.decode(),
                     "path": path,
-                    "headers": [[n.decode("latin-1").lower(), v.decode("latin-1")] for n, v in self.headers],
+                    "headers": [[n.decode("latin-1").lower(), v.decode("latin-1")] for n, v in headers],
                 }
             ).encode()
             self.respond(200, body, b"content-type: application/json\r\n")

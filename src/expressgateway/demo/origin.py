@@ -7,6 +7,7 @@ user sees the gateway at work (``curl -i http://127.0.0.1:8080/``).
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import httptools
 
@@ -19,7 +20,7 @@ class DemoOrigin(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop transports are not subclasses
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

@@ -72,7 +72,7 @@ class L7Context:
         self.connect_timeout = self.config.runtime.connect_timeout_ms / 1000
         self.max_keepalive = self.config.runtime.max_keepalive_requests
         self.inflight = INFLIGHT.labels(self.name)
-        self.duration = {v: DURATION.labels(self.name, self.route, v) for v in ("h1", "h2", "h3")}
+        self.duration: dict[str, Any] = {}
 
     def count_request(self, version: str, status: int) -> None:
         key = (version, status // 100)
@@ -81,6 +81,12 @@ class L7Context:
             cls = f"{status // 100}xx" if 100 <= status < 600 else "other"
             child = self._status_children[key] = REQUESTS.labels(self.name, self.route, version, cls)
         child.value += 1
+
+    def observe_duration(self, version: str, seconds: float) -> None:
+        child = self.duration.get(version)
+        if child is None:
+            child = self.duration[version] = DURATION.labels(self.name, self.route, version)
+        child.observe(seconds)
 
     def reject(self, reason: str) -> None:
         REJECTED.labels(self.name, reason).inc()

@@ -4,6 +4,7 @@ time, returned to the pool when the exchange ends cleanly."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import time
 from typing import TYPE_CHECKING
 
@@ -65,7 +66,7 @@ class H1Back(asyncio.Protocol):
 
     # -- asyncio ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop transports are not subclasses
         self.transport = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         sock = transport.get_extra_info("socket")
@@ -119,7 +120,7 @@ class H1Back(asyncio.Protocol):
             events = self.codec.feed_eof()
         except UpstreamError as err:
             self.stream = None
-            stream.on_back_error(err, self.reused and not self.codec.started)
+            stream.on_back_error(err, self.reused and not self.codec.response_started)
             stream.flush()
             return False
         self._dispatch(stream, events)
@@ -127,7 +128,7 @@ class H1Back(asyncio.Protocol):
             # EOF before the response even began: the peer closed the connection.
             self.stream = None
             stream.on_back_error(
-                UpstreamError("upstream_closed"), self.reused and not self.codec.started
+                UpstreamError("upstream_closed"), self.reused and not self.codec.response_started
             )
         stream.flush()
         return False
@@ -154,7 +155,7 @@ class H1Back(asyncio.Protocol):
             self.stream = None
             stream.on_back_error(
                 UpstreamError("upstream_reset", detail=str(exc or "")),
-                self.reused and not self.codec.started,
+                self.reused and not self.codec.response_started,
             )
             stream.flush()
         else:
@@ -163,7 +164,6 @@ class H1Back(asyncio.Protocol):
     # -- Back interface -------------------------------------------------------------
     def attach(self, stream: Stream) -> None:
         self.stream = stream
-        self.codec.reset()
 
     def send_request_head(self, head: RequestHead) -> None:
         self._wbuf.append(self.codec.encode_request_head(head))

@@ -12,6 +12,7 @@ Timers are deadlines checked by the worker's sweeper:
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -96,7 +97,7 @@ class H1Front(asyncio.Protocol):
 
     # -- connection -----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast("asyncio.Transport", transport)  # uvloop transports are not subclasses
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         ctx = self.ctx
@@ -147,6 +148,10 @@ class H1Front(asyncio.Protocol):
             return
         if events:
             self._dispatch(events)
+        if self.codec.paused:
+            # A pipelined request is held in the codec: read no more until
+            # the current response is done.
+            self._pause(P_PIPELINE)
         if self.stream is not None:
             self.stream.flush()
         else:
@@ -191,8 +196,6 @@ class H1Front(asyncio.Protocol):
             self.deadline = now + ctx.body_timeout
         stream = Stream(ctx, self, head, self.peer_ip, "h1")
         self.stream = stream
-        # Pipelined requests wait until this one is answered.
-        self._pause(P_PIPELINE)
         problem = self._check(head)
         if problem is not None:
             stream.fail(problem)
@@ -279,12 +282,9 @@ class H1Front(asyncio.Protocol):
         """The backend said 101: say 101 to the client and relay frames."""
         from expressgateway.proxy.websocket import WsTunnel
 
-        lines = [b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"]
-        for name, value in head.headers:
-            if name.startswith(b"sec-websocket-"):
-                lines.append(name + b": " + value + b"\r\n")
-        lines.append(b"\r\n")
-        self._wbuf.append(b"".join(lines))
+        self._wbuf.append(
+            self.codec.encode_response_head(head, request_method=b"GET", keep_alive=False)
+        )
         self.flush()
         self.phase = TUNNEL
         self.deadline = math.inf
@@ -293,9 +293,9 @@ class H1Front(asyncio.Protocol):
         self.tunnel = tunnel
         back.tunnel = tunnel
         self._resume(P_PIPELINE | P_CONNECT | P_BACKPRESSURE)
-        early = self.codec.start_tunnel()
-        if early:
-            tunnel.client_data(early)
+        for ev in self.codec.start_tunnel():
+            if type(ev) is TunnelData:
+                tunnel.client_data(ev.data)
 
     def write_raw(self, data: bytes) -> None:
         if self.transport is not None:
@@ -409,7 +409,7 @@ class H1Front(asyncio.Protocol):
         ctx = self.ctx
         if stream is None:
             if phase == IDLE:
-                if self.got_bytes or self.codec.has_partial():
+                if self.got_bytes:
                     _SLOWLORIS.labels(ctx.name).inc()
                     ctx.reject("header_timeout")
                 self.deadline = math.inf

@@ -317,7 +317,7 @@ class Stream:
             BACKEND_REQUESTS.labels(ctx.name, ep.name, cls).inc()
         ctx.count_request(self.version, status)
         elapsed = time.monotonic() - self.started
-        ctx.duration[self.version].observe(elapsed)
+        ctx.observe_duration(self.version, elapsed)
         if ctx.access_log:
             h = self.head
             log.info(

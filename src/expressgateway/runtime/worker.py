@@ -117,7 +117,11 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
         log.warning("accept error", extra={"kind": kind, "error": str(exc)})
         return
     _LOOP_ERRORS.inc()
-    log.error("event loop error: %s", message, extra={"error": repr(exc)})
+    log.error(
+        "event loop error: %s",
+        message,
+        exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None,
+    )
 
 
 async def _amain(control_fd: int) -> None:
