@@ -62,6 +62,7 @@ class L7Context:
     route: str = ""
     draining: bool = False
     _status_children: dict[tuple[str, int], Any] = field(default_factory=dict)
+    _backend_children: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         http = self.listener.http
@@ -80,6 +81,14 @@ class L7Context:
         if child is None:
             cls = f"{status // 100}xx" if 100 <= status < 600 else "other"
             child = self._status_children[key] = REQUESTS.labels(self.name, self.route, version, cls)
+        child.value += 1
+
+    def count_backend(self, backend: str, status: int) -> None:
+        key = (backend, status // 100)
+        child = self._backend_children.get(key)
+        if child is None:
+            cls = f"{status // 100}xx" if 100 <= status < 600 else "error"
+            child = self._backend_children[key] = BACKEND_REQUESTS.labels(self.name, backend, cls)
         child.value += 1
 
     def observe_duration(self, version: str, seconds: float) -> None:

@@ -12,8 +12,8 @@ Shared by every front protocol.
 
 from __future__ import annotations
 
-import os
 import re
+from random import getrandbits
 
 from expressgateway.core.events import Headers, RequestHead
 
@@ -25,14 +25,15 @@ VIA = b"1.1 expressgateway"
 
 def child_traceparent(value: bytes | None) -> bytes:
     """A traceparent for our hop: same trace, our span id as the parent."""
-    span = os.urandom(8).hex().encode()
+    # Span ids need to be unique, not secret (W3C Trace Context §3.2.2.3).
+    span = b"%016x" % (getrandbits(64) or 1)
     if value is not None:
         m = _TRACEPARENT.match(value.strip())
         if m is not None and m.group(1) != b"ff":
             trace = m.group(2)
             if trace != _ZERO_TRACE and m.group(3) != _ZERO_SPAN:
                 return b"00-" + trace + b"-" + span + b"-" + m.group(4)
-    return b"00-" + os.urandom(16).hex().encode() + b"-" + span + b"-01"
+    return b"00-%032x-%s-01" % (getrandbits(128) or 1, span)
 
 
 def upstream_head(

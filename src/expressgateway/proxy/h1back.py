@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 from expressgateway.codec.h1.client import H1ClientCodec
-from expressgateway.core.errors import UpstreamError
+from expressgateway.core.errors import Retry, UpstreamError
 from expressgateway.core.events import (
     Body,
     Headers,
@@ -120,16 +120,14 @@ class H1Back(asyncio.Protocol):
             events = self.codec.feed_eof()
         except UpstreamError as err:
             self.stream = None
-            stream.on_back_error(err, self.reused and not self.codec.response_started)
+            stream.on_back_error(err, self.reused and err.retry is Retry.IF_REUSED)
             stream.flush()
             return False
         self._dispatch(stream, events)
         if self.stream is stream:
-            # EOF before the response even began: the peer closed the connection.
+            # The exchange did not end with this EOF (e.g. still sending).
             self.stream = None
-            stream.on_back_error(
-                UpstreamError("upstream_closed"), self.reused and not self.codec.response_started
-            )
+            stream.on_back_error(UpstreamError("upstream_closed"), False)
         stream.flush()
         return False
 
@@ -153,10 +151,12 @@ class H1Back(asyncio.Protocol):
         stream = self.stream
         if stream is not None:
             self.stream = None
-            stream.on_back_error(
-                UpstreamError("upstream_reset", detail=str(exc or "")),
-                self.reused and not self.codec.response_started,
-            )
+            try:
+                self.codec.feed_eof()
+                err = UpstreamError("upstream_reset", detail=str(exc or ""))
+            except UpstreamError as cut:
+                err = cut
+            stream.on_back_error(err, self.reused and err.retry is Retry.IF_REUSED)
             stream.flush()
         else:
             self.ctx.pool.discard(self)
@@ -200,13 +200,19 @@ class H1Back(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def finish(self, request_complete: bool) -> None:
+    def finish(self, request_complete: bool) -> bool:
+        """The exchange ended; True when the connection can carry another."""
         self.stream = None
         self.flush()
         if request_complete and self.codec.reusable and self.alive():
             self.reused = False
             assert self.transport is not None
             self.transport.resume_reading()
+            return True
+        self.close()
+        return False
+
+    def release(self) -> None:
+        """Offer this idle connection to the shared pool (it may close it)."""
+        if self.stream is None and self.tunnel is None:
             self.ctx.pool.put(self)
-        else:
-            self.close()

@@ -31,6 +31,8 @@ from expressgateway.core.events import (
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.stream import Stream
+from expressgateway.upstream.endpoint import Endpoint
+from expressgateway.upstream.pool import peer_key
 
 if TYPE_CHECKING:
     from expressgateway.proxy.context import L7Context
@@ -63,7 +65,7 @@ class H1Front(asyncio.Protocol):
     __slots__ = (
         "admitted", "codec", "ctx", "deadline", "keep_alive", "paused", "peer_ip", "phase",
         "requests", "sni", "stream", "total_deadline", "transport", "_wbuf", "loop",
-        "request_method", "got_bytes", "tunnel",
+        "request_method", "got_bytes", "tunnel", "parked",
     )
 
     def __init__(self, ctx: L7Context) -> None:
@@ -92,6 +94,8 @@ class H1Front(asyncio.Protocol):
         self.request_method = b"GET"
         self.got_bytes = False
         self.tunnel: WsTunnel | None = None
+        #: the upstream connection of the last exchange, kept for the next one
+        self.parked: H1Back | None = None
         self._wbuf: list[bytes] = []
         self.loop = asyncio.get_running_loop()
 
@@ -126,6 +130,10 @@ class H1Front(asyncio.Protocol):
             stream.on_front_closed()
         if self.tunnel is not None:
             self.tunnel.client_closed()
+        parked = self.parked
+        if parked is not None:
+            self.parked = None
+            parked.release()
 
     def eof_received(self) -> bool:
         # A client half-close while a response is pending is allowed by RFC 9112
@@ -337,7 +345,7 @@ class H1Front(asyncio.Protocol):
     def _write_local(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
         keep = self._keep_alive_after()
         self._wbuf.append(
-            self.codec.encode_local_reply(status, reason, extra_headers=extra, keep_alive=keep)
+            self.codec.encode_local_reply(status, reason=reason, extra_headers=extra, keep_alive=keep)
         )
 
     def abort(self, reason: str) -> None:
@@ -347,6 +355,26 @@ class H1Front(asyncio.Protocol):
         self.flush()
         if self.transport is not None:
             self.transport.close()
+
+    def park_back(self, back: H1Back) -> None:  # type: ignore[override]
+        old = self.parked
+        if self.transport is None or not self.keep_alive:
+            back.release()
+            return
+        self.parked = back
+        if old is not None and old is not back:
+            old.release()
+
+    def take_parked(self, ep: Endpoint) -> H1Back | None:
+        back = self.parked
+        if back is None:
+            return None
+        self.parked = None
+        if back.key == peer_key(ep) and back.alive():
+            back.reused = True
+            return back
+        back.release()
+        return None
 
     def pause_for_connect(self) -> None:
         self._pause(P_CONNECT)

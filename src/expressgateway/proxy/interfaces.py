@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from expressgateway.core.events import Headers, Informational, RequestHead, ResponseHead
+from expressgateway.upstream.endpoint import Endpoint
 
 
 class Front(Protocol):
@@ -38,6 +39,13 @@ class Front(Protocol):
     def stream_done(self) -> None:
         """The exchange is over (response complete or aborted)."""
 
+    def park_back(self, back: Back) -> None:
+        """Keep a reusable upstream connection for this client's next request
+        (a front that cannot keep one hands it to the pool)."""
+
+    def take_parked(self, ep: Endpoint) -> Back | None:
+        """The parked upstream connection, if it is alive and goes to ``ep``."""
+
 
 class Back(Protocol):
     """Client side of an upstream exchange, as the bridge sees it."""
@@ -56,5 +64,10 @@ class Back(Protocol):
 
     def abort(self) -> None: ...
 
-    def finish(self, request_complete: bool) -> None:
-        """The exchange ended cleanly: keep the connection for reuse if it can be."""
+    def finish(self, request_complete: bool) -> bool:
+        """The exchange ended cleanly: True if the connection can carry another."""
+
+    def release(self) -> None:
+        """Offer the idle connection to the shared pool."""
+
+    def alive(self) -> bool: ...

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import TYPE_CHECKING
 
 from expressgateway.core.errors import ProxyError, UpstreamError
 from expressgateway.core.events import Headers, Informational, RequestHead, ResponseHead
-from expressgateway.proxy.context import BACKEND_REQUESTS, RETRIES, UPSTREAM_ERRORS, L7Context
+from expressgateway.proxy.context import RETRIES, UPSTREAM_ERRORS, L7Context
 from expressgateway.upstream.endpoint import Endpoint
 from expressgateway.upstream.pool import peer_key
 
@@ -93,7 +92,11 @@ class Stream:
         self.endpoint = ep
         ep.active += 1
         connector = connector_for(ep)
-        back = None if self.fresh_connection else connector.take(self.ctx, ep)
+        back = None
+        if not self.fresh_connection:
+            back = self.front.take_parked(ep)
+            if back is None:
+                back = connector.take(self.ctx, ep)
         if back is not None:
             self._attach(back)
             return
@@ -300,8 +303,11 @@ class Stream:
         self.response_done = True
         back = self.back
         if back is not None:
-            back.finish(self.request_done)
             self.back = None
+            if back.finish(self.request_done):
+                # Keep it with the client connection for its next request; it
+                # goes to the shared pool when that connection ends.
+                self.front.park_back(back)
         self._end(self.status)
 
     def _end(self, status: int) -> None:
@@ -313,8 +319,7 @@ class Stream:
         ep = self.endpoint
         if ep is not None:
             ep.active -= 1
-            cls = f"{status // 100}xx" if status >= 100 else "error"
-            BACKEND_REQUESTS.labels(ctx.name, ep.name, cls).inc()
+            ctx.count_backend(ep.name, status)
         ctx.count_request(self.version, status)
         elapsed = time.monotonic() - self.started
         ctx.observe_duration(self.version, elapsed)
@@ -337,6 +342,3 @@ class Stream:
             )
         self.front.stream_done()
 
-
-def new_span_id() -> bytes:
-    return os.urandom(8).hex().encode()
