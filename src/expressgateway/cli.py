@@ -94,7 +94,7 @@ def serve(cfg: Config, *, demo_origin: tuple[str, int] | None = None) -> int:
             from expressgateway.demo.origin import start_demo_origin
 
             origin = await start_demo_origin(*demo_origin)
-            log.info("demo origin started", extra={"address": "%s:%d" % demo_origin})
+            log.info("demo origin started", extra={"address": f"{demo_origin[0]}:{demo_origin[1]}"})
         try:
             return await sup.run()
         finally:

@@ -137,7 +137,7 @@ class TcpRelay(asyncio.Protocol):
                     server_side=True,
                     ssl_handshake_timeout=ctx.handshake_timeout,
                 )
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 _HANDSHAKE_ERRORS.labels(ctx.name, "timeout").inc()
                 self._abort_all()
                 return
@@ -162,7 +162,7 @@ class TcpRelay(asyncio.Protocol):
                 loop.create_connection(lambda: _BackendSide(self), ep.host, ep.port),
                 ctx.connect_timeout,
             )
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             _CONNECT_ERRORS.labels(ctx.name, "timeout").inc()
             log.warning("backend connect timeout", extra={"listener": ctx.name, "backend": ep.name})
             self._abort_all()
@@ -206,9 +206,12 @@ class TcpRelay(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.client_eof = True
         backend = self.backend
-        if backend is not None and backend.transport is not None:
-            if backend.transport.can_write_eof():
-                backend.transport.write_eof()
+        if (
+            backend is not None
+            and backend.transport is not None
+            and backend.transport.can_write_eof()
+        ):
+            backend.transport.write_eof()
         if self.backend_eof_seen:
             self._close_all()
             return False

@@ -46,7 +46,7 @@ class UdpContext:
 
 
 class _Flow(asyncio.DatagramProtocol):
-    __slots__ = ("listener", "client", "endpoint", "transport", "pending", "last_seen")
+    __slots__ = ("client", "endpoint", "last_seen", "listener", "pending", "transport")
 
     def __init__(self, listener: UdpListener, client: tuple[str, int], endpoint: Endpoint) -> None:
         self.listener = listener
@@ -100,6 +100,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self.ctx = ctx
         self.transport: asyncio.DatagramTransport | None = None
         self.flows: dict[tuple[str, int], _Flow] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.TimerHandle | None = None
         self._flows_gauge = _FLOWS.labels(ctx.name)
         self._in = _DATAGRAMS.labels(ctx.name, "client_to_backend")
@@ -148,7 +149,9 @@ class UdpListener(asyncio.DatagramProtocol):
         self._flows_gauge.value += 1
         _FLOWS_TOTAL.labels(self.ctx.name).inc()
         loop = asyncio.get_running_loop()
-        loop.create_task(self._connect(flow, loop))
+        task = loop.create_task(self._connect(flow, loop))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return flow
 
     async def _connect(self, flow: _Flow, loop: asyncio.AbstractEventLoop) -> None:

@@ -52,7 +52,7 @@ class GaugeChild:
 
 
 class HistogramChild:
-    __slots__ = ("buckets", "counts", "sum", "count")
+    __slots__ = ("buckets", "count", "counts", "sum")
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = buckets
@@ -120,7 +120,7 @@ class Counter(Family):
 class Gauge(Counter):
     kind = "gauge"
 
-    def _new_child(self) -> GaugeChild:
+    def _new_child(self) -> GaugeChild:  # type: ignore[override]
         return GaugeChild()
 
     def set(self, value: float) -> None:

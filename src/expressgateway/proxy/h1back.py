@@ -4,14 +4,14 @@ time, returned to the pool when the exchange ends cleanly."""
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from expressgateway.codec.h1.client import H1ClientCodec
 from expressgateway.core.errors import Retry, UpstreamError
 from expressgateway.core.events import (
     Body,
+    Event,
     Headers,
     Informational,
     RequestHead,
@@ -24,8 +24,8 @@ from expressgateway.upstream.pool import PeerKey
 
 if TYPE_CHECKING:
     from expressgateway.proxy.context import L7Context
-    from expressgateway.proxy.websocket import WsTunnel
     from expressgateway.proxy.stream import Stream
+    from expressgateway.proxy.websocket import WsTunnel
 
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
@@ -33,8 +33,17 @@ LOW_WATER = 16 * 1024
 
 class H1Back(asyncio.Protocol):
     __slots__ = (
-        "codec", "created", "ctx", "eof", "idle_since", "key", "reused", "stream",
-        "transport", "_wbuf", "tunnel",
+        "_wbuf",
+        "codec",
+        "created",
+        "ctx",
+        "eof",
+        "idle_since",
+        "key",
+        "reused",
+        "stream",
+        "transport",
+        "tunnel",
     )
 
     def __init__(self, ctx: L7Context, key: PeerKey) -> None:
@@ -93,20 +102,19 @@ class H1Back(asyncio.Protocol):
         self._dispatch(stream, events)
         stream.flush()
 
-    def _dispatch(self, stream: Stream, events: list[object]) -> None:
+    def _dispatch(self, stream: Stream, events: list[Event]) -> None:
         for ev in events:
-            t = type(ev)
-            if t is Body:
-                stream.on_response_body(ev.data, ev.end_stream)  # type: ignore[attr-defined]
-            elif t is ResponseHead:
-                stream.on_response_head(ev)  # type: ignore[arg-type]
-            elif t is Informational:
-                stream.on_informational(ev)  # type: ignore[arg-type]
-            elif t is Trailers:
-                stream.on_response_trailers(ev.headers)  # type: ignore[attr-defined]
-            elif t is TunnelData:
+            if isinstance(ev, Body):
+                stream.on_response_body(ev.data, ev.end_stream)
+            elif isinstance(ev, ResponseHead):
+                stream.on_response_head(ev)
+            elif isinstance(ev, Informational):
+                stream.on_informational(ev)
+            elif isinstance(ev, Trailers):
+                stream.on_response_trailers(ev.headers)
+            elif isinstance(ev, TunnelData):
                 if self.tunnel is not None:
-                    self.tunnel.backend_data(ev.data)  # type: ignore[attr-defined]
+                    self.tunnel.backend_data(ev.data)
                 continue
             if self.stream is None and self.tunnel is None:
                 break

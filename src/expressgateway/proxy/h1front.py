@@ -12,15 +12,15 @@ Timers are deadlines checked by the worker's sweeper:
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from expressgateway.codec.h1.server import H1ServerCodec
 from expressgateway.core.errors import DownstreamError, ProxyError
 from expressgateway.core.events import (
     Body,
+    Event,
     Headers,
     Informational,
     RequestHead,
@@ -30,13 +30,14 @@ from expressgateway.core.events import (
 )
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.forwarding import upstream_head
+from expressgateway.proxy.h1back import H1Back
 from expressgateway.proxy.stream import Stream
 from expressgateway.upstream.endpoint import Endpoint
 from expressgateway.upstream.pool import peer_key
 
 if TYPE_CHECKING:
     from expressgateway.proxy.context import L7Context
-    from expressgateway.proxy.h1back import H1Back
+    from expressgateway.proxy.interfaces import Back
     from expressgateway.proxy.websocket import WsTunnel
 
 log = logging.getLogger("expressgateway.h1")
@@ -63,9 +64,25 @@ LOW_WATER = 16 * 1024
 
 class H1Front(asyncio.Protocol):
     __slots__ = (
-        "admitted", "codec", "ctx", "deadline", "keep_alive", "paused", "peer_ip", "phase",
-        "requests", "sni", "stream", "total_deadline", "transport", "_wbuf", "loop",
-        "request_method", "got_bytes", "tunnel", "parked",
+        "_wbuf",
+        "admitted",
+        "codec",
+        "ctx",
+        "deadline",
+        "got_bytes",
+        "keep_alive",
+        "loop",
+        "parked",
+        "paused",
+        "peer_ip",
+        "phase",
+        "request_method",
+        "requests",
+        "sni",
+        "stream",
+        "total_deadline",
+        "transport",
+        "tunnel",
     )
 
     def __init__(self, ctx: L7Context) -> None:
@@ -165,31 +182,29 @@ class H1Front(asyncio.Protocol):
         else:
             self.flush()
 
-    def _dispatch(self, events: list[object]) -> None:
+    def _dispatch(self, events: list[Event]) -> None:
         for ev in events:
-            t = type(ev)
-            if t is Body:
+            if isinstance(ev, Body):
                 stream = self.stream
                 if stream is None:
                     continue
-                if ev.end_stream:  # type: ignore[attr-defined]
+                if ev.end_stream:
                     if self.phase == BODY:
                         self.phase = WAIT_HEAD
                         self.deadline = self.loop.time() + self.ctx.head_timeout
                 elif self.phase == BODY:
                     self.deadline = self.loop.time() + self.ctx.body_timeout
-                stream.on_request_body(ev.data, ev.end_stream)  # type: ignore[attr-defined]
-            elif t is RequestHead:
-                self._on_head(ev)  # type: ignore[arg-type]
-            elif t is Trailers:
+                stream.on_request_body(ev.data, ev.end_stream)
+            elif isinstance(ev, RequestHead):
+                self._on_head(ev)
+            elif isinstance(ev, Trailers):
                 if self.stream is not None:
                     if self.phase == BODY:
                         self.phase = WAIT_HEAD
                         self.deadline = self.loop.time() + self.ctx.head_timeout
-                    self.stream.on_request_trailers(ev.headers)  # type: ignore[attr-defined]
-            elif t is TunnelData:
-                if self.tunnel is not None:
-                    self.tunnel.client_data(ev.data)  # type: ignore[attr-defined]
+                    self.stream.on_request_trailers(ev.headers)
+            elif isinstance(ev, TunnelData) and self.tunnel is not None:
+                self.tunnel.client_data(ev.data)
 
     def _on_head(self, head: RequestHead) -> None:
         ctx = self.ctx
@@ -356,7 +371,8 @@ class H1Front(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def park_back(self, back: H1Back) -> None:  # type: ignore[override]
+    def park_back(self, back: Back) -> None:
+        assert isinstance(back, H1Back)
         old = self.parked
         if self.transport is None or not self.keep_alive:
             back.release()
@@ -365,7 +381,7 @@ class H1Front(asyncio.Protocol):
         if old is not None and old is not back:
             old.release()
 
-    def take_parked(self, ep: Endpoint) -> H1Back | None:
+    def take_parked(self, ep: Endpoint) -> Back | None:
         back = self.parked
         if back is None:
             return None

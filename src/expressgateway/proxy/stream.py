@@ -24,7 +24,6 @@ from expressgateway.core.errors import ProxyError, UpstreamError
 from expressgateway.core.events import Headers, Informational, RequestHead, ResponseHead
 from expressgateway.proxy.context import RETRIES, UPSTREAM_ERRORS, L7Context
 from expressgateway.upstream.endpoint import Endpoint
-from expressgateway.upstream.pool import peer_key
 
 if TYPE_CHECKING:
     from expressgateway.proxy.interfaces import Back, Front
@@ -40,10 +39,28 @@ PENDING_LIMIT = 512 * 1024
 
 class Stream:
     __slots__ = (
-        "back", "ctx", "endpoint", "front", "head", "pending", "pending_size", "peer_ip",
-        "replay", "replay_size", "request_done", "response_done", "response_started",
-        "retried", "closed", "started", "status", "up_head", "version", "bytes_out",
-        "connecting", "fresh_connection",
+        "back",
+        "bytes_out",
+        "closed",
+        "connecting",
+        "ctx",
+        "endpoint",
+        "fresh_connection",
+        "front",
+        "head",
+        "peer_ip",
+        "pending",
+        "pending_size",
+        "replay",
+        "replay_size",
+        "request_done",
+        "response_done",
+        "response_started",
+        "retried",
+        "started",
+        "status",
+        "up_head",
+        "version",
     )
 
     def __init__(
@@ -56,7 +73,7 @@ class Stream:
         self.version = version
         self.back: Back | None = None
         self.endpoint: Endpoint | None = None
-        self.pending: list[tuple[int, object]] | None = []
+        self.pending: list[tuple[bytes, bool] | Headers] | None = []
         self.pending_size = 0
         self.request_done = head.end_stream
         self.response_started = False
@@ -110,7 +127,7 @@ class Stream:
         assert isinstance(connector, Connector)
         try:
             back = await connector.connect(self.ctx, ep)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self.connecting = False
             self._upstream_failed(UpstreamError("connect_timeout", status=504), reused=False)
             return
@@ -133,12 +150,11 @@ class Stream:
         back.send_request_head(self.up_head)
         pending, self.pending = self.pending, None
         if pending:
-            for kind, item in pending:
-                if kind == 0:
-                    data, end = item  # type: ignore[misc]
-                    back.send_body(data, end)
+            for item in pending:
+                if isinstance(item, tuple):
+                    back.send_body(item[0], item[1])
                 else:
-                    back.send_trailers(item)  # type: ignore[arg-type]
+                    back.send_trailers(item)
 
     # -- request events (from the front) ----------------------------------------
     def on_request_body(self, data: bytes, end_stream: bool) -> None:
@@ -156,7 +172,7 @@ class Stream:
         if back is not None:
             back.send_body(data, end_stream)
         elif self.pending is not None:
-            self.pending.append((0, (data, end_stream)))
+            self.pending.append((data, end_stream))
             self.pending_size += len(data)
 
     def on_request_trailers(self, headers: Headers) -> None:
@@ -167,7 +183,7 @@ class Stream:
         if self.back is not None:
             self.back.send_trailers(headers)
         elif self.pending is not None:
-            self.pending.append((1, headers))
+            self.pending.append(headers)
 
     def on_front_closed(self) -> None:
         """The client went away before the exchange ended."""
@@ -259,8 +275,8 @@ class Stream:
             self.pending = []
             if not self.head.end_stream:
                 for piece in self.replay or ():
-                    self.pending.append((0, (piece, False)))
-                self.pending.append((0, (b"", True)))
+                    self.pending.append((piece, False))
+                self.pending.append((b"", True))
             new_ep = ctx.balancer.select()
             if new_ep is None:
                 self.fail(ProxyError("no_backend", status=503))

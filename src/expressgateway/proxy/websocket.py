@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed
 
@@ -107,18 +107,19 @@ class WsTunnel:
         try:
             for frame in parser.received_frames():
                 op = frame.opcode
+                payload: Any = frame.payload
                 if op is Opcode.PING:
                     if direction == 0 and self._ping_flood(now):
                         self._shutdown(1008, "ping flood", "ping_flood")
                         return
-                    out.append(sender.ping(frame.payload))
+                    out.append(sender.ping(payload))
                 elif op is Opcode.PONG:
-                    out.append(sender.pong(frame.payload))
+                    out.append(sender.pong(payload))
                 elif op is Opcode.CLOSE:
-                    code, reason = frame.payload
+                    code, reason = payload
                     out.append(sender.close(code, reason or None))
                 else:
-                    size = self.msg_size[direction] + len(frame.payload)
+                    size = self.msg_size[direction] + len(payload)
                     if size > self.max_message:
                         self._shutdown(1009, "message too big", "message_too_big")
                         return
@@ -127,7 +128,7 @@ class WsTunnel:
                         now if self.frame_started[direction] == math.inf
                         else self.frame_started[direction]
                     )
-                    out.append(sender.send_data(frame.payload, frame.message_finished))
+                    out.append(sender.send_data(payload, frame.message_finished))
                 if direction == 0:
                     self._frames_up.value += 1
                 else:

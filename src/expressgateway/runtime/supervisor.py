@@ -263,7 +263,7 @@ class Supervisor:
                 asyncio.gather(*(h.ready for h in self.workers if h.ready is not None)),
                 BOOT_TIMEOUT,
             )
-        except (BootError, TimeoutError, asyncio.TimeoutError) as exc:
+        except (BootError, TimeoutError) as exc:
             log.error("boot failed: %s", exc or "workers did not become ready in time")
             await self._stop_workers(drain=False)
             if admin_server is not None:
@@ -298,7 +298,8 @@ class Supervisor:
         for h in self.workers:
             if h.channel is not None:
                 h.channel.send({"op": "drain", "timeout_ms": timeout_ms})
-        await asyncio.gather(*(self._reap(h, timeout_ms / 1000 + 2.0) for h in self.workers))
+        # Our copies too: a listening socket left open queues connections nobody accepts.
         for row in self.sockets:
             for s in row:
                 s.close()
+        await asyncio.gather(*(self._reap(h, timeout_ms / 1000 + 2.0) for h in self.workers))

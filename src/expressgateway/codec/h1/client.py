@@ -222,6 +222,12 @@ class H1ClientCodec(BodyFramer):
         )
 
     @property
+    def response_started(self) -> bool:
+        """True once any byte of a response (a 1xx included) was parsed in
+        the current exchange: from then on a retry is no longer safe."""
+        return self._started
+
+    @property
     def tunnel(self) -> bool:
         """True once a 101 switched the connection to a tunnel."""
         return self._tunnel

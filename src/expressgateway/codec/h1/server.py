@@ -223,12 +223,16 @@ class H1ServerCodec(BodyFramer):
         return out
 
     def next_request(self) -> list[Event]:
-        """Move on to the next request once the response is fully sent and
-        ``reusable`` is true. Returns the events already parsed for it."""
+        """Move on to the next request once the response is fully sent.
+        Returns the events already parsed for it. The shell should call it
+        only when ``reusable`` is true and close otherwise (a response that
+        said ``connection: close`` must be followed by a close); calling it
+        before the request was fully read, or after a websocket upgrade, is
+        a ``RuntimeError``."""
         if self._error is not None:
             raise self._error
-        if not self.reusable:
-            raise RuntimeError("next_request(): the connection is not reusable")
+        if not self.request_complete or self.websocket or self._tunnel:
+            raise RuntimeError("next_request(): the current request is not complete")
         self.request_complete = False
         self.response_keep_alive = True
         self.out_complete = False
