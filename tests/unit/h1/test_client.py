@@ -1,7 +1,6 @@
 """H1ClientCodec: neutral requests out to the backend, responses back in."""
 
 import pytest
-from h1_helpers import bytewise, coalesce, feed_all
 
 from expressgateway.codec.h1 import H1ClientCodec
 from expressgateway.core.errors import ProxyError, Retry, UpstreamError
@@ -13,6 +12,7 @@ from expressgateway.core.events import (
     Trailers,
     TunnelData,
 )
+from tests.unit.h1.helpers import bytewise, coalesce, feed_all
 
 
 def get(path: bytes = b"/", headers: list | None = None, method: bytes = b"GET") -> RequestHead:
@@ -292,6 +292,17 @@ def test_eof_in_the_head_is_truncation() -> None:
     with pytest.raises(UpstreamError) as exc:
         codec.feed_eof()
     assert exc.value.reason == "upstream_truncated"
+
+
+def test_response_started_tracks_the_first_response_byte() -> None:
+    codec = started()
+    assert not codec.response_started
+    codec.feed(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert codec.response_started
+    codec.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert codec.response_started and codec.reusable
+    codec.encode_request_head(get())
+    assert not codec.response_started
 
 
 def test_eof_before_any_response_byte_is_retryable_on_a_reused_connection() -> None:

@@ -3,13 +3,13 @@ as the same neutral events, and the other way round; under any chunking."""
 
 from __future__ import annotations
 
-from h1_helpers import chunks, coalesce, feed_all
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from expressgateway.codec.h1 import H1ClientCodec, H1ServerCodec
 from expressgateway.core.events import Body, Event, RequestHead, ResponseHead, Trailers
 from expressgateway.core.headers import FORBIDDEN_TRAILERS
+from tests.unit.h1.helpers import chunks, coalesce, feed_all
 
 SPECIAL = {
     b"host",

@@ -3,11 +3,11 @@
 import json
 
 import pytest
-from h1_helpers import request
 
 from expressgateway.codec.h1 import H1ServerCodec
 from expressgateway.core.errors import ProxyError
 from expressgateway.core.events import Informational, ResponseHead
+from tests.unit.h1.helpers import request
 
 
 def codec_for(raw: bytes = b"") -> H1ServerCodec:

@@ -1,11 +1,11 @@
 """H1ServerCodec: requests in, neutral events out."""
 
 import pytest
-from h1_helpers import bytewise, coalesce, feed_all, only_head, request, serve
 
 from expressgateway.codec.h1 import H1ServerCodec
 from expressgateway.core.errors import DownstreamError
 from expressgateway.core.events import Body, RequestHead, Trailers
+from tests.unit.h1.helpers import bytewise, coalesce, feed_all, only_head, request, serve
 
 
 def test_get_becomes_one_request_head_with_end_stream() -> None:
@@ -169,7 +169,7 @@ def test_http09_request_is_rejected() -> None:
     assert exc.value.status == 400 and exc.value.reason == "bad_request_line"
 
 
-def test_expect_100_continue_is_exposed_and_stripped() -> None:
+def test_expect_100_continue_is_exposed_and_forwarded_normalised() -> None:
     codec, events = serve(
         request(
             "POST",
@@ -177,12 +177,13 @@ def test_expect_100_continue_is_exposed_and_stripped() -> None:
         )
     )
     assert codec.expect_continue
-    assert only_head(events).headers == []
+    assert only_head(events).headers == [(b"expect", b"100-continue")]
 
 
 def test_expect_100_continue_is_ignored_for_http10() -> None:
-    codec, _ = serve(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+    codec, events = serve(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
     assert not codec.expect_continue
+    assert only_head(events).headers == []
 
 
 def test_unknown_expectation_is_417() -> None:

@@ -5,11 +5,11 @@ also fed one byte at a time: fragmentation must not change the verdict."""
 from dataclasses import dataclass
 
 import pytest
-from h1_helpers import bytewise
 
 from expressgateway.codec.h1 import H1ServerCodec
 from expressgateway.core.errors import DownstreamError
 from expressgateway.core.events import ResponseHead
+from tests.unit.h1.helpers import bytewise
 
 
 @dataclass(frozen=True)

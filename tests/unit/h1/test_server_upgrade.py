@@ -1,11 +1,11 @@
 """H1ServerCodec: WebSocket upgrades become tunnels; other upgrades are ignored."""
 
 import pytest
-from h1_helpers import bytewise, feed_all, only_head, request
 
 from expressgateway.codec.h1 import H1ServerCodec
 from expressgateway.core.errors import DownstreamError, ProxyError
 from expressgateway.core.events import Body, RequestHead, ResponseHead, TunnelData
+from tests.unit.h1.helpers import bytewise, feed_all, only_head, request
 
 WS = [
     ("Host", "a"),

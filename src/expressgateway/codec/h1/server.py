@@ -39,9 +39,10 @@ client closed in the middle of a request body (never a clean end).
 
 Normalisation: names lower-case; hop-by-hop fields, the fields that
 ``Connection`` names, ``Host`` (-> ``authority``), ``Content-Length`` (->
-``content_length``), ``Transfer-Encoding`` and ``Expect`` (->
-``expect_continue``) are removed from ``headers``; ``te: trailers``
-survives; values lose trailing whitespace. An absolute-form target
+``content_length``) and ``Transfer-Encoding`` are removed from ``headers``;
+``te: trailers`` survives; ``expect: 100-continue`` is kept (normalised,
+also exposed as ``expect_continue``; dropped for HTTP/1.0, any other
+expectation is 417); values lose trailing whitespace. An absolute-form target
 (``GET http://h/p``) gives its authority and path (RFC 9112 §3.2.2); a
 fragment is cut off.
 """
@@ -773,7 +774,11 @@ class H1ServerCodec(BodyFramer):
             if self._expect is not None:
                 if self._expect.lower() != b"100-continue":
                     self._reject("expectation_failed", 417)
+                # RFC 9110 §10.1.1: forwarded so the origin can answer 100
+                # (or a final status) before the body; ignored for HTTP/1.0
                 expect_continue = minor == 1
+                if expect_continue:
+                    headers.append((b"expect", b"100-continue"))
             if self._upgrade is not None:
                 websocket = self._check_upgrade(method, minor, conn, chunked, cl)
                 if websocket:
