@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 
 from . import chart, report
 from .procs import stop_all
 from .proxies import DEFAULT_ORDER
-from .runner import log, run
+from .runner import RunRecord, execute, log, prepare
 from .scenarios import by_name
 from .settings import RESULTS_DIR, RunOptions, make_mode
 
@@ -87,10 +88,20 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     log(options.mode.describe())
+    record = prepare(options)
     try:
-        record = run(options)
+        execute(record)
     finally:
         stop_all()
+        if not record.finished:
+            record.finished = time.time()
+            if record.outcomes:
+                log("interrupted: writing the partial results")
+                _write(record, options)
+    return _write(record, options)
+
+
+def _write(record: RunRecord, options: RunOptions) -> int:
     results = report.build_results(record)
     paths = report.write(results, options.out_dir)
     png = chart.write_png(results, options.out_dir / "latest.png")

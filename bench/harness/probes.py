@@ -29,7 +29,7 @@ def until_ok(probe: Callable[[Front], None], front: Front, deadline_s: float = 2
         try:
             probe(front)
             return
-        except (ProbeError, OSError, http.client.HTTPException) as exc:
+        except Exception as exc:  # any failure is "not ready yet" until the deadline
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.25)
     raise ProbeError(f"probe failed: {last}"[:300])

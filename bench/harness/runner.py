@@ -13,10 +13,9 @@ from pathlib import Path
 from .certs import make_cert
 from .loadgen import LoadError
 from .origin import origin
-from .probes import ProbeError
-from .procs import stop, wait_port_free
+from .procs import Managed, stop, wait_port_free
 from .proxies import build
-from .proxies.base import Context, Proxy, ProxyStartError, last_lines
+from .proxies.base import Context, Front, Proxy, ProxyStartError, last_lines
 from .scenarios import Env, Measurement, Scenario, by_name
 from .settings import HOST, PROXY_ADMIN_PORT, PROXY_PORT, RunOptions
 
@@ -60,17 +59,22 @@ def check_prerequisites(scenarios: list[Scenario]) -> None:
         )
 
 
-def run(options: RunOptions) -> RunRecord:
+def prepare(options: RunOptions) -> RunRecord:
     catalogue = by_name()
     scenarios = [catalogue[name] for name in options.scenarios]
     proxies = build(options.proxies, natural=options.mode.name == "natural")
     check_prerequisites(scenarios)
-    record = RunRecord(options, scenarios, proxies)
+    return RunRecord(options, scenarios, proxies)
+
+
+def execute(record: RunRecord) -> None:
+    """Fill record.outcomes; what was measured stays in the record if this raises."""
+    options, scenarios, proxies = record.options, record.scenarios, record.proxies
     if options.mode.load_cpus is not None:
         os.sched_setaffinity(0, set(options.mode.load_cpus))
     record.versions = {p.name: p.version() for p in proxies}
     unavailable = {p.name: p.available() for p in proxies}
-    sticky: dict[tuple[str, str], str] = {}  # (proxy, kind) -> reason it cannot start
+    sticky: dict[tuple[str, str], str] = {}  # (proxy, scenario) -> why it cannot run
     with tempfile.TemporaryDirectory(prefix="eg-bench-") as tmp_name:
         tmp = Path(tmp_name)
         certs = make_cert(tmp / "certs")
@@ -92,7 +96,6 @@ def run(options: RunOptions) -> RunRecord:
                         record.outcomes.append(outcome)
                         log(_describe(outcome))
     record.finished = time.time()
-    return record
 
 
 def run_one(
@@ -105,7 +108,7 @@ def run_one(
 ) -> Outcome:
     base = Outcome(scenario.name, proxy.name, rnd, "n/a")
     reason = unavailable.get(proxy.name) or proxy.unsupported(scenario.kind)
-    reason = reason or sticky.get((proxy.name, scenario.kind))
+    reason = reason or sticky.get((proxy.name, scenario.name))
     if reason:
         base.reason = reason
         return base
@@ -117,17 +120,17 @@ def run_one(
     for port in (PROXY_PORT, PROXY_ADMIN_PORT):
         wait_port_free(HOST, port)
     try:
-        managed = proxy.start(front, ctx)
+        managed = start_with_retry(proxy, front, ctx)
     except ProxyStartError as exc:
-        sticky[(proxy.name, scenario.kind)] = str(exc)
+        sticky[(proxy.name, scenario.name)] = str(exc)
         base.reason = str(exc)
         return base
     try:
         try:
             scenario.probe(front, env)
-        except ProbeError as exc:
+        except Exception as exc:  # ProbeError, or anything a client library raised
             base.reason = f"{exc} {last_lines(managed.log_tail(), 1, 160)}".strip()
-            sticky[(proxy.name, scenario.kind)] = base.reason
+            sticky[(proxy.name, scenario.name)] = base.reason
             return base
         try:
             measurement = scenario.run(front, managed.pid, env)
@@ -147,6 +150,20 @@ def run_one(
     finally:
         stop(managed)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def start_with_retry(proxy: Proxy, front: Front, ctx: Context, attempts: int = 3) -> Managed:
+    """Start the proxy; retry when the port is still held by the previous one."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return proxy.start(front, ctx)
+        except ProxyStartError as exc:
+            if "in use" not in str(exc).lower() or attempt == attempts:
+                raise
+            log(f"{proxy.name}: port busy, retrying ({exc})")
+            time.sleep(2.0)
+            wait_port_free(HOST, front.port)
+    raise AssertionError("unreachable")
 
 
 def _describe(outcome: Outcome) -> str:
