@@ -80,6 +80,7 @@ def build_results(record: RunRecord) -> dict[str, Any]:
             "warmup_s": opts.warmup,
             "smoke": opts.smoke,
             "machine": _machine(),
+            "loadavg_1m_per_round": [round(la[0], 2) for la in record.loadavg],
             "versions": record.versions,
             "proxies": [p.name for p in record.proxies],
         },
@@ -268,7 +269,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"(A B C A B C …), warm-up {meta['warmup_s']} s; every figure is the median over rounds"
         + (" — SMOKE RUN, numbers are not meaningful" if meta["smoke"] else ""),
         f"- Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
-        f"Linux {meta['machine']['kernel']}",
+        f"Linux {meta['machine']['kernel']}; 1-min load average at each round's start "
+        f"and at the end: {meta['loadavg_1m_per_round']} (about 2 = only this benchmark; "
+        "more means other work shared the cores and throughput figures are noisier)",
         "- CPU-µs per unit = utime + stime of the proxy's whole process tree over the measured "
         "window ÷ units completed in it; peak RSS = sum over the tree, sampled every 100 ms",
         "- Versions: " + "; ".join(f"{k}: {v}" for k, v in meta["versions"].items()),

@@ -39,6 +39,7 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     finished: float = 0.0
+    loadavg: list[tuple[float, float, float]] = field(default_factory=list)
 
 
 def log(msg: str) -> None:
@@ -90,11 +91,13 @@ def execute(record: RunRecord) -> None:
                 probe_deadline=8.0 if options.smoke else 20.0,
             )
             for rnd in range(1, options.rounds + 1):
+                record.loadavg.append(os.getloadavg())
                 for scenario in scenarios:
                     for proxy in proxies:
                         outcome = run_one(scenario, proxy, rnd, env, unavailable, sticky)
                         record.outcomes.append(outcome)
                         log(_describe(outcome))
+    record.loadavg.append(os.getloadavg())
     record.finished = time.time()
 
 
