@@ -83,6 +83,13 @@ class L7Context:
             child = self._status_children[key] = REQUESTS.labels(self.name, self.route, version, cls)
         child.value += 1
 
+    def drain(self) -> None:
+        self.draining = True
+        for member in list(self.sweeper.members):
+            drain = getattr(member, "drain", None)
+            if drain is not None and getattr(member, "ctx", None) is self:
+                drain()
+
     def count_backend(self, backend: str, status: int) -> None:
         key = (backend, status // 100)
         child = self._backend_children.get(key)

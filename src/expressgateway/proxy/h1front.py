@@ -440,6 +440,12 @@ class H1Front(asyncio.Protocol):
             self.flush()
             self._dispatch(events)
 
+    def drain(self) -> None:
+        """The gateway is draining: close now if idle, else after this exchange."""
+        self.keep_alive = False
+        if self.stream is None and self.tunnel is None and self.phase == IDLE and not self.got_bytes:
+            self._close()
+
     def _close(self) -> None:
         self.phase = CLOSING
         if self.transport is not None:

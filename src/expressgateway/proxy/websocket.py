@@ -175,11 +175,16 @@ class WsTunnel:
         except ValueError:
             code_enum = CloseReason.POLICY_VIOLATION
         self.front.write_raw(bytes(self.to_client.close(code_enum, reason)))
-        if slug in ("idle_timeout",):
+        if slug in ("idle_timeout", "drain"):
             self.back.send_raw(bytes(self.to_backend.close(code_enum, reason)))
         else:
             self.back.send_raw(bytes(self.to_backend.close(CloseReason.GOING_AWAY, "proxy closing")))
         self.close()
+
+    def drain(self) -> None:
+        """The gateway is draining: close 1001 (going away) to both sides."""
+        if not self.closed:
+            self._shutdown(1001, "going away", "drain")
 
     def close(self) -> None:
         if self.closed:

@@ -31,6 +31,14 @@ class Running:
     udp: UdpListener | None = None
     extra: list[Any] = field(default_factory=list)
 
+    def drain(self) -> None:
+        """Tell open connections to finish: idle ones close now, busy ones
+        close after their current exchange (``Connection: close``)."""
+        for item in self.extra:
+            drain = getattr(item, "drain", None)
+            if drain is not None:
+                drain()
+
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
