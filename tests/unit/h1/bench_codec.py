@@ -71,21 +71,29 @@ def main() -> None:
     bench("server: encode 1 KiB response alone (head + body)", answer)
 
     client = H1ClientCodec()
-    server.encode_response_head(RESP_HEAD, request_method=b"GET", keep_alive=True)
     resp = server.encode_response_head(
         RESP_HEAD, request_method=b"GET", keep_alive=True
     ) + server.encode_body(BODY, True)
+    headers = list(UP_HEAD.headers)
+    append_forwarded(headers, b"10.0.0.1", b"http", b"example.com", b"1.1 expressgateway")
+    up = RequestHead(UP_HEAD.method, b"http", UP_HEAD.authority, UP_HEAD.path, headers, True)
 
     def client_cycle() -> None:
-        headers = list(UP_HEAD.headers)
-        append_forwarded(headers, b"10.0.0.1", b"http", b"example.com", b"1.1 expressgateway")
-        client.encode_request_head(
-            RequestHead(UP_HEAD.method, b"http", UP_HEAD.authority, UP_HEAD.path, headers, True)
-        )
+        client.encode_request_head(up)
         client.feed(resp)
 
-    bench(f"client: forwarded GET encode + feed {len(resp)} B response", client_cycle)
+    bench(f"client: encode GET (8 fields) + feed {len(resp)} B response", client_cycle)
     assert client.reusable
+
+    def forwarded() -> None:
+        h = list(UP_HEAD.headers)
+        append_forwarded(h, b"10.0.0.1", b"http", b"example.com", b"1.1 expressgateway")
+
+    bench("core.headers: append_forwarded on 4 fields (incl. list copy)", forwarded)
+    bench(
+        "events: RequestHead(...) construction (frozen dataclass)",
+        lambda: RequestHead(b"GET", b"http", b"a", b"/", headers, True),
+    )
 
 
 if __name__ == "__main__":

@@ -153,6 +153,20 @@ def test_response_with_content_length() -> None:
     assert codec.reusable and codec.response_complete
 
 
+@pytest.mark.parametrize("name", [b"Content-Length", b"content-length", b"CONTENT-LENGTH"])
+def test_content_length_is_found_whatever_its_case(name: bytes) -> None:
+    codec = started()
+    events = codec.feed(b"HTTP/1.1 200 OK\r\n" + name + b": 2\r\n\r\nok")
+    assert events == [ResponseHead(200, [], False, 2), Body(b"ok", True)]
+
+
+def test_response_field_count_includes_content_length() -> None:
+    codec = H1ClientCodec(max_headers=2)
+    codec.encode_request_head(get())
+    with pytest.raises(UpstreamError):
+        codec.feed(b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 0\r\n\r\n")
+
+
 def test_response_hop_by_hop_and_connection_named_fields_are_stripped() -> None:
     codec = started()
     events = codec.feed(

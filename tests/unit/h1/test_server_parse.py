@@ -324,6 +324,18 @@ def test_header_section_over_the_byte_cap_is_431() -> None:
     assert (exc.value.status, exc.value.reason) == (431, "header_too_large")
 
 
+def test_huge_host_counts_toward_the_cap() -> None:
+    with pytest.raises(DownstreamError) as exc:
+        serve(request(headers=[("Host", "a" * 3000)]), max_header_bytes=2048)
+    assert exc.value.status == 431
+
+
+@pytest.mark.parametrize("host", ["Host", "host", "HOST"])
+def test_host_is_found_whatever_its_case(host: str) -> None:
+    _, events = serve(request(headers=[(host, "h.example")]))
+    assert only_head(events).authority == b"h.example"
+
+
 def test_big_special_field_counts_toward_the_cap() -> None:
     with pytest.raises(DownstreamError) as exc:
         serve(request(headers=[("Host", "a"), ("Connection", "x" * 3000)]), max_header_bytes=2048)

@@ -236,3 +236,18 @@ def test_eof_in_an_ignored_upgrade_body_is_truncation() -> None:
     )
     with pytest.raises(DownstreamError):
         codec.feed_eof()
+
+
+def test_garbage_after_an_ignored_upgrade_fails_only_the_next_request() -> None:
+    """Regression (found by fuzzing): the parse error after an llhttp upgrade
+    stop was mistaken for a callback bug."""
+    codec = H1ServerCodec()
+    events = codec.feed(
+        request(headers=[("Host", "a"), ("Upgrade", "ebsocket"), ("Connection", "Upgrade")])
+        + b"frames"
+    )
+    assert only_head(events).protocol is None and codec.request_complete
+    codec.encode_response_head(ResponseHead(200, [], True), request_method=b"GET", keep_alive=True)
+    with pytest.raises(DownstreamError) as exc:
+        codec.next_request()
+    assert exc.value.reason == "bad_request_line"

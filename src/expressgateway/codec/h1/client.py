@@ -38,7 +38,7 @@ from itertools import chain
 from typing import NoReturn
 
 import httptools
-from httptools import HttpParserError, HttpParserUpgrade
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
 from expressgateway.core.errors import ProxyError, Retry, UpstreamError
 from expressgateway.core.events import (
@@ -81,6 +81,7 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]").search
 _BAD_METHOD = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
 _MAX_INFORMATIONAL = 32
+_COMMON_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
 
 
 class _Unsolicited(Exception):
@@ -124,6 +125,10 @@ class H1ClientCodec(BodyFramer):
         self.keep_alive = False
         self.response_complete = False
         self.out_complete = False
+        self._started = False
+        self._trailers: Headers | None = None
+        self._remaining = 0
+        self._body_total = 0
         self._reset_response()
 
     # -- public: encoding ---------------------------------------------------
@@ -150,7 +155,7 @@ class H1ClientCodec(BodyFramer):
             method = b"GET"
         elif head.protocol is not None or method == b"CONNECT":
             raise ProxyError("unsupported_upstream_request", status=501, detail="CONNECT")
-        elif not method or _BAD_METHOD(method):
+        elif method not in _COMMON_METHODS and (not method or _BAD_METHOD(method)):
             raise ProxyError("bad_request", status=400, detail="method")
         path = head.path or b"/"
         if _BAD_TARGET(path):
@@ -267,7 +272,7 @@ class H1ClientCodec(BodyFramer):
                 return out
             if err is None:
                 ctx = exc.__context__
-                if ctx is not None and not isinstance(ctx, HttpParserError):
+                if isinstance(exc, HttpParserCallbackError) and ctx is not None:
                     raise ctx from exc  # a bug in a callback, not bad input
                 err = UpstreamError("bad_response", detail=f"{parse_error_reason(exc)}: {exc}")
             assert isinstance(err, ProxyError)
@@ -298,7 +303,8 @@ class H1ClientCodec(BodyFramer):
     # -- parsing internals ----------------------------------------------------
 
     def _reset_response(self) -> None:
-        self._started = False
+        """Per-message parse state (body state is set once the head is
+        known, in on_headers_complete)."""
         self._headers: Headers = []
         self._names = PLAIN_NAMES
         self._special_size = 0
@@ -309,11 +315,8 @@ class H1ClientCodec(BodyFramer):
         self._conn: bytes | None = None
         self._upgrade: bytes | None = None
         self._in_body = False
-        self._trailers: Headers | None = None
         self._chunked = False
         self._close_delimited = False
-        self._remaining = 0
-        self._body_total = 0
 
     def _fail(self, reason: str, detail: str = "") -> NoReturn:
         err = UpstreamError(reason, detail=detail)
@@ -334,18 +337,20 @@ class H1ClientCodec(BodyFramer):
     def on_header(self, raw_name: bytes, value: bytes) -> None:
         # Hot path: see H1ServerCodec.on_header.
         name = self._names.get(raw_name)
-        if name is None:
-            self._on_special_header(raw_name, value.rstrip(b" \t"))
-        else:
+        if name is not None:
             self._headers.append((name, value.rstrip(b" \t")))
+        elif raw_name == b"Content-Length" and self._cl is None and not self._in_body:
+            self._cl = value.rstrip(b" \t")
+        else:
+            self._on_special_header(raw_name, value.rstrip(b" \t"))
 
     def _on_special_header(self, raw_name: bytes, value: bytes) -> None:
         hit = KINDS.get(raw_name)
         if hit is None:
             hit = classify(raw_name)
         name, kind = hit
-        self._special_size += len(name) + len(value) + 4
         if self._in_body:
+            self._special_size += len(name) + len(value) + 4
             if self._special_size > self._max_header_bytes:
                 self._fail("header_too_large", "trailer section")
             if name in FORBIDDEN_TRAILERS:
@@ -363,10 +368,13 @@ class H1ClientCodec(BodyFramer):
         if kind in _KEPT_KINDS:
             self._headers.append((name, value))
             return
-        self._nspecial += 1
         if kind == K_CONTENT_LENGTH:
             self._cl = value
-        elif kind == K_CONNECTION:
+            return  # counted at the end of the head
+        # fields kept out of self._headers: their size is counted here
+        self._special_size += len(name) + len(value) + 4
+        self._nspecial += 1
+        if kind == K_CONNECTION:
             conn = self._conn
             self._conn = value if conn is None else conn + b"," + value
         elif kind == K_TRANSFER_ENCODING:
@@ -380,10 +388,11 @@ class H1ClientCodec(BodyFramer):
     def on_headers_complete(self) -> None:
         self._stall = 0
         headers = self._headers
-        if len(headers) + self._nspecial > self._max_headers:
+        if len(headers) + self._nspecial + (self._cl is not None) > self._max_headers:
             self._fail("header_too_large", "too many fields")
         if self._head_fed > self._max_header_bytes or self._special_size > self._max_header_bytes:
-            size = self._special_size + sum(map(len, chain(*headers))) + 4 * len(headers)
+            size = self._special_size + len(self._cl or b"")
+            size += sum(map(len, chain(*headers))) + 4 * len(headers)
             if size > self._max_header_bytes:
                 self._fail("header_too_large")
         parser = self._parser
@@ -416,8 +425,8 @@ class H1ClientCodec(BodyFramer):
             return
         if status > 599:
             self._fail("bad_response", f"status {status}")
-        if parser.get_http_version() not in ("1.1", "1.0"):
-            self._fail("bad_response", "HTTP version")
+        # (llhttp accepts only HTTP/0.9 to 2.0 version labels; the framing
+        # is HTTP/1.x whatever the label says, so it is not checked here.)
         self.keep_alive = parser.should_keep_alive()
 
         chunked = False
@@ -438,6 +447,8 @@ class H1ClientCodec(BodyFramer):
         elif chunked:
             end_stream = False
             self._chunked = True
+            self._body_total = 0
+            self._trailers = None
             cl = None
         elif cl is not None:
             end_stream = cl == 0
@@ -448,6 +459,7 @@ class H1ClientCodec(BodyFramer):
         else:
             end_stream = False
             self._close_delimited = True
+            self._body_total = 0
             self.keep_alive = False
         if not self.response_complete:
             self._in_body = True

@@ -53,7 +53,7 @@ from itertools import chain
 from typing import Literal, NoReturn
 
 import httptools
-from httptools import HttpParserError, HttpParserUpgrade
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade
 
 from expressgateway.core.errors import DownstreamError, ProxyError
 from expressgateway.core.events import (
@@ -200,8 +200,10 @@ class H1ServerCodec(BodyFramer):
                 self._parser.feed_data(data)
             except (HttpParserUpgrade, HttpParserError) as exc:
                 rest = self._parser_exception(exc, data)
-                if rest:
-                    self._parse(rest)
+            else:
+                rest = b""
+            if rest:  # (outside the handler: no implicit exception context)
+                self._parse(rest)
             if self._stall > self._max_header_bytes:
                 self._stalled()
             return out
@@ -499,7 +501,7 @@ class H1ServerCodec(BodyFramer):
         self._cb_error = None
         if err is None:
             ctx = exc.__context__
-            if ctx is not None and not isinstance(ctx, HttpParserError):
+            if isinstance(exc, HttpParserCallbackError) and ctx is not None:
                 raise ctx from exc  # a bug in a callback, not bad input
             reason = parse_error_reason(exc)
             if self._chunked and self._in_body and reason.startswith("smuggling"):
@@ -623,30 +625,36 @@ class H1ServerCodec(BodyFramer):
         # plain fields are checked once the head is complete (a slowly fed
         # head is caught per feed by the _stall counter).
         name = self._names.get(raw_name)
-        if name is None:
-            self._on_special_header(raw_name, value.rstrip(b" \t"))
-        else:
+        if name is not None:
             self._headers.append((name, value.rstrip(b" \t")))
+        elif raw_name == b"Host" and self._host is None:
+            # (after the head, _host is set: a trailer "Host" goes the slow way)
+            self._host = value.rstrip(b" \t")
+        else:
+            self._on_special_header(raw_name, value.rstrip(b" \t"))
 
     def _on_special_header(self, raw_name: bytes, value: bytes) -> None:
         hit = KINDS.get(raw_name)
         if hit is None:
             hit = classify(raw_name)
         name, kind = hit
-        self._special_size += len(name) + len(value) + 4
         if self._in_body:
+            self._special_size += len(name) + len(value) + 4
             self._on_trailer(name, kind, value)
+            return
+        if kind == K_PLAIN:  # a name not cached yet
+            self._headers.append((name, value))
             return
         if kind == K_HOST:
             if self._host is not None:
                 self._reject("bad_host", 400, "repeated Host")
             self._host = value
-        elif kind == K_CONNECTION:
+            return  # counted at the end of the head
+        # fields kept out of self._headers: their size is counted here
+        self._special_size += len(name) + len(value) + 4
+        if kind == K_CONNECTION:
             conn = self._conn
             self._conn = value if conn is None else conn + b"," + value
-        elif kind == K_PLAIN:
-            self._headers.append((name, value))
-            return
         elif kind == K_CONTENT_LENGTH:
             self._cl = value
         elif kind == K_UNDERSCORE:
@@ -709,11 +717,12 @@ class H1ServerCodec(BodyFramer):
     def on_headers_complete(self) -> None:
         self._stall = 0
         headers = self._headers
-        if len(headers) + self._nspecial > self._max_headers:
+        if len(headers) + self._nspecial + (self._host is not None) > self._max_headers:
             self._reject("header_too_large", 431, "too many fields")
         if self._head_fed > self._max_header_bytes or self._special_size > self._max_header_bytes:
             # more bytes than the cap were fed since the head began: count
-            size = self._special_size + len(self._url) + sum(map(len, chain(*headers)))
+            size = self._special_size + len(self._url) + len(self._host or b"")
+            size += sum(map(len, chain(*headers)))
             if size + 4 * len(headers) > self._max_header_bytes:
                 self._reject("header_too_large", 431)
         parser = self._parser
