@@ -82,6 +82,13 @@ def test_hop_by_hop_fields_are_never_copied_to_the_backend() -> None:
     assert wire == b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n"
 
 
+def test_cookie_crumbs_from_h2_are_joined_into_one_field() -> None:
+    wire = H1ClientCodec().encode_request_head(
+        get(headers=[(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")])
+    )
+    assert wire == b"GET / HTTP/1.1\r\nhost: example.com\r\naccept: */*\r\ncookie: a=1; b=2\r\n\r\n"
+
+
 def test_websocket_request_becomes_get_with_upgrade_fields() -> None:
     head = RequestHead(
         b"CONNECT",

@@ -24,12 +24,13 @@ SPECIAL = {
     b"proxy-authenticate",
     b"proxy-authorization",
     b"trailer",
+    b"cookie",  # several cookie fields are joined into one (tested in test_client)
 }
 COMMON = [
     b"accept",
     b"user-agent",
     b"content-type",
-    b"cookie",
+    b"set-cookie",
     b"authorization",
     b"x-request-id",
     b"cache-control",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 from itertools import chain
+from operator import countOf, itemgetter
 from typing import NoReturn
 
 import httptools
@@ -72,6 +73,7 @@ from .framing import CHUNKED, LENGTH, NONE, BodyFramer
 from .parse_errors import parse_error_reason
 
 _END = Body(b"", True)
+_first = itemgetter(0)
 _NO_NAMES: dict[bytes, bytes] = {}
 _KEPT_KINDS = frozenset({K_PLAIN, K_UNDERSCORE, K_WS_KEY, K_WS_VERSION})
 _CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive", b"upgrade", b"te"})
@@ -82,6 +84,15 @@ _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]").search
 _BAD_METHOD = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
 _MAX_INFORMATIONAL = 32
 _COMMON_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})
+
+
+def _join_cookies(headers: Headers) -> Headers:
+    """One ``cookie`` field for HTTP/1.1 (RFC 9113 §8.2.3, RFC 6265 §5.4):
+    HTTP/2 and HTTP/3 clients send one field per cookie."""
+    crumbs = [v for n, v in headers if n == b"cookie"]
+    out: Headers = [h for h in headers if h[0] != b"cookie"]
+    out.append((b"cookie", b"; ".join(crumbs)))
+    return out
 
 
 class _Unsolicited(Exception):
@@ -163,7 +174,10 @@ class H1ClientCodec(BodyFramer):
         authority = head.authority
         if authority and not valid_authority(authority):
             raise ProxyError("bad_host", status=400, detail="authority")
-        block, dropped, header_cl, te_trailers = encode_fields(head.headers, DROP_ON_ENCODE)
+        headers = head.headers
+        if countOf(map(_first, headers), b"cookie") > 1:
+            headers = _join_cookies(headers)
+        block, dropped, header_cl, te_trailers = encode_fields(headers, DROP_ON_ENCODE)
         if extra_headers:
             extra, n, _, _ = encode_fields(list(extra_headers), DROP_ON_ENCODE)
             dropped += n
