@@ -275,7 +275,9 @@ protocol = "{protocol}"
     return text + extra
 
 
-def config(admin_port: int, *listeners: str, workers: int = 1, runtime: str = "", tail: str = "") -> str:
+def config(
+    admin_port: int, *listeners: str, workers: int = 1, runtime: str = "", tail: str = ""
+) -> str:
     """A whole config: ``[runtime]`` (fast drain, plus ``runtime`` lines), the
     admin listener, the listeners, then ``tail`` (more top-level tables)."""
     return f"""
