@@ -87,6 +87,7 @@ def classify(raw: bytes) -> tuple[bytes, int]:
 DROP_ON_ENCODE: frozenset[bytes] = HOP_BY_HOP | frozenset({b"content-length", b"host"})
 
 _first = itemgetter(0)
+_SPLITTERS = b"\r\n\x00"
 _good_names: set[bytes] = set()
 _GOOD_NAMES_MAX = 4096
 
@@ -104,13 +105,14 @@ def encode_fields(
 
     Fast path (with the default ``drop``): every name is in the cache of
     names already checked, none of which is in ``DROP_ON_ENCODE``, and the
-    joined block holds exactly one CR and one LF per separator and no NUL."""
+    joined block holds no CR, LF or NUL besides the separators."""
     if not headers:
         return b"", 0, None, False
     if drop is DROP_ON_ENCODE and _good_names.issuperset(map(_first, headers)):
         block = b"\r\n".join(map(b": ".join, headers))
-        n = len(headers) - 1
-        if block.count(b"\n") == n and block.count(b"\r") == n and b"\x00" not in block:
+        # the separators hold exactly 2 * (len - 1) of CR, LF and NUL: any
+        # more comes from a name or a value
+        if len(block) - len(block.translate(None, _SPLITTERS)) == 2 * len(headers) - 2:
             return block, 0, None, False
     return _encode_fields_slow(headers, drop)
 
