@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> RunOptions:
         default=",".join(DEFAULT_ORDER),
         help=f"comma list of: {','.join(DEFAULT_ORDER)},expressgateway-1w",
     )
+    ap.add_argument(
+        "--gateway-src",
+        default="HEAD",
+        help="git revision of our gateway to measure (its src/ is exported to a temp dir), "
+        "or 'worktree' for the files on disk, uncommitted changes included (default HEAD)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
     ap.add_argument(
         "--smoke",
@@ -71,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> RunOptions:
         proxies=proxies,
         out_dir=args.out,
         smoke=args.smoke,
+        gateway_src=args.gateway_src,
     )
 
 

@@ -16,6 +16,7 @@ from .origin import origin
 from .procs import Managed, stop, wait_port_free
 from .proxies import build
 from .proxies.base import Context, Front, Proxy, ProxyStartError, last_lines
+from .proxies.gateway import ExpressGateway, export_source
 from .scenarios import Env, Measurement, Scenario, by_name
 from .settings import HOST, PROXY_ADMIN_PORT, PROXY_PORT, RunOptions
 
@@ -73,11 +74,16 @@ def execute(record: RunRecord) -> None:
     options, scenarios, proxies = record.options, record.scenarios, record.proxies
     if options.mode.load_cpus is not None:
         os.sched_setaffinity(0, set(options.mode.load_cpus))
-    record.versions = {p.name: p.version() for p in proxies}
-    unavailable = {p.name: p.available() for p in proxies}
     sticky: dict[tuple[str, str], str] = {}  # (proxy, scenario) -> why it cannot run
     with tempfile.TemporaryDirectory(prefix="eg-bench-") as tmp_name:
         tmp = Path(tmp_name)
+        gateways = [p for p in proxies if isinstance(p, ExpressGateway)]
+        if gateways:
+            src_dir, description = export_source(options.gateway_src, tmp)
+            for gateway in gateways:
+                gateway.use_source(src_dir, description)
+        record.versions = {p.name: p.version() for p in proxies}
+        unavailable = {p.name: p.available() for p in proxies}
         certs = make_cert(tmp / "certs")
         with origin(tmp, options.mode) as docroot:
             env = Env(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -18,16 +18,19 @@ MITM_VENV = BENCH_DIR / ".venv-mitm"
 HOST = "127.0.0.1"
 TLS_NAME = "localhost"
 
+# All ports are offsets from one base (EG_BENCH_PORT_BASE, default 28080), so two
+# runs (or a run and the smoke test) can share a machine.
+PORT_BASE = int(os.environ.get("EG_BENCH_PORT_BASE", "28080"))
+
 # Origin side (always the same nginx + two small Python helpers).
-ORIGIN_H1_PORT = 28081
-ORIGIN_H2C_PORT = 28082
-UPLOAD_SINK_PORT = 28083
-WS_ECHO_PORT = 28084
+ORIGIN_H1_PORT = PORT_BASE + 1
+ORIGIN_H2C_PORT = PORT_BASE + 2
+UPLOAD_SINK_PORT = PORT_BASE + 3
+WS_ECHO_PORT = PORT_BASE + 4
 
 # Proxy under test.
-PROXY_PORT = 28080
-PROXY_ADMIN_PORT = 28190
-PROXY_AUX_PORT = 28191
+PROXY_PORT = PORT_BASE
+PROXY_ADMIN_PORT = PORT_BASE + 110
 
 # Core layout in pinned mode: proxy on PROXY_CPU, everything else on LOAD_CPU.
 PROXY_CPU = 0
@@ -96,5 +99,4 @@ class RunOptions:
     proxies: list[str]
     out_dir: Path
     smoke: bool = False
-    verbose: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
+    gateway_src: str = "HEAD"  # a git revision, or "worktree"

@@ -1,13 +1,20 @@
-"""Our gateway, run from the working tree: `python -m expressgateway CONFIG.toml`."""
+"""Our gateway: `python -m expressgateway CONFIG.toml`.
+
+By default it runs from a snapshot of the committed tree (`git archive HEAD src`), so a
+run measures a known revision even while the working tree is being edited;
+`--gateway-src worktree` measures uncommitted code instead.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from ..procs import Managed, port_open
 from ..settings import HOST, PROXY_ADMIN_PORT, REPO_DIR
@@ -26,9 +33,37 @@ PROTOCOLS: dict[str, tuple[str, str]] = {
 }
 
 
-def _env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": f"{SRC_DIR}{os.pathsep}{path}" if path else str(SRC_DIR)}
+def _git(*args: str) -> str:
+    proc = subprocess.run(
+        ["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True, timeout=30, check=False
+    )
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def export_source(rev: str, dest: Path) -> tuple[Path, str]:
+    """(directory holding the `expressgateway` package, description) for `rev`.
+
+    `worktree` uses src/ as it is on disk; any other value is a git revision whose
+    src/ is extracted into dest.
+    """
+    sha = _git("rev-parse", "--short", "HEAD")
+    if rev == "worktree":
+        dirty = " + uncommitted changes" if _git("status", "--porcelain", "--", "src") else ""
+        return SRC_DIR, f"working tree at {sha or '?'}{dirty}"
+    full = _git("rev-parse", "--short", rev)
+    if not full:
+        return SRC_DIR, f"working tree ({rev!r} is not a git revision)"
+    archive = dest / "gateway-src.tar"
+    subprocess.run(
+        ["git", "-C", str(REPO_DIR), "archive", "--format=tar", "-o", str(archive), full, "src"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest / "gateway", filter="data")
+    archive.unlink()
+    return dest / "gateway" / "src", f"git {full} ({rev})"
 
 
 def sections(front: Front, listen: str, ctx: Context) -> str:
@@ -67,6 +102,8 @@ class ExpressGateway(Proxy):
 
     def __init__(self, fixed_workers: int | None = None) -> None:
         self.fixed_workers = fixed_workers
+        self.src_dir = SRC_DIR
+        self.src_description = "working tree"
         if fixed_workers is not None:
             self.name = f"expressgateway-{fixed_workers}w"
             self.label = (
@@ -78,7 +115,7 @@ class ExpressGateway(Proxy):
             [sys.executable, "-c", "import expressgateway.cli"],
             capture_output=True,
             text=True,
-            env={**os.environ, **_env()},
+            env={**os.environ, **self._env()},
             timeout=60,
             check=False,
         )
@@ -88,17 +125,7 @@ class ExpressGateway(Proxy):
         return None
 
     def version(self) -> str:
-        try:
-            sha = subprocess.run(
-                ["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            ).stdout.strip()
-        except OSError:
-            sha = "?"
-        return f"expressgateway (working tree, git {sha or '?'})"
+        return f"expressgateway ({self.src_description})"
 
     def command(self, front: Front, ctx: Context) -> tuple[list[str], dict[str, str]]:
         listen, backend = PROTOCOLS[front.kind]
@@ -120,7 +147,15 @@ class ExpressGateway(Proxy):
                 admin_port=PROXY_ADMIN_PORT,
             )
         )
-        return [sys.executable, "-m", "expressgateway", str(cfg)], _env()
+        return [sys.executable, "-m", "expressgateway", str(cfg)], self._env()
+
+    def use_source(self, src_dir: Path, description: str) -> None:
+        self.src_dir, self.src_description = src_dir, description
+
+    def _env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH", "")
+        src = str(self.src_dir)
+        return {"PYTHONPATH": f"{src}{os.pathsep}{path}" if path else src}
 
     def wait_ready(self, front: Front, managed: Managed, timeout: float) -> bool:
         url = f"http://{HOST}:{PROXY_ADMIN_PORT}/readyz"
