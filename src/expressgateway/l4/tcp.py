@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from dataclasses import dataclass
 from typing import cast
 
@@ -35,9 +34,6 @@ _CONNECT_ERRORS = REGISTRY.counter(
     "Backend connection attempts that failed, by reason.",
     ("listener", "reason"),
 )
-_HANDSHAKE_ERRORS = REGISTRY.counter(
-    "tls_handshake_errors_total", "TLS handshakes that failed or timed out.", ("listener", "reason")
-)
 
 #: per-direction in-flight cap: pause the reader past this much unsent data
 HIGH_WATER = 256 * 1024
@@ -52,8 +48,6 @@ class L4Context:
     balancer: Balancer
     admission: Admission
     connect_timeout: float
-    ssl_context: ssl.SSLContext | None = None
-    handshake_timeout: float = 5.0
 
 
 class _BackendSide(asyncio.Protocol):
@@ -94,8 +88,11 @@ class _BackendSide(asyncio.Protocol):
 class TcpRelay(asyncio.Protocol):
     """The client side of one relayed connection."""
 
-    def __init__(self, ctx: L4Context) -> None:
+    def __init__(self, ctx: L4Context, admitted_ip: str | None = None) -> None:
+        """``admitted_ip``: the acceptor already admitted this connection
+        (TLS listeners admit before the handshake)."""
         self.ctx = ctx
+        self.pre_admitted = admitted_ip is not None
         self.client: asyncio.Transport | None = None
         self.backend: _BackendSide | None = None
         self.endpoint: Endpoint | None = None
@@ -117,7 +114,7 @@ class TcpRelay(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        if not self.ctx.admission.admit(self.ctx.name, self.peer_ip):
+        if not self.pre_admitted and not self.ctx.admission.admit(self.ctx.name, self.peer_ip):
             transport.abort()
             return
         self.admitted = True
@@ -125,31 +122,9 @@ class TcpRelay(asyncio.Protocol):
         transport.pause_reading()
         self._task = asyncio.get_running_loop().create_task(self._start(transport))
 
-    async def _start(self, raw: asyncio.Transport) -> None:
+    async def _start(self, client: asyncio.Transport) -> None:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
-        if ctx.ssl_context is not None:
-            try:
-                tls = await loop.start_tls(
-                    raw,
-                    self,
-                    ctx.ssl_context,
-                    server_side=True,
-                    ssl_handshake_timeout=ctx.handshake_timeout,
-                )
-            except TimeoutError:
-                _HANDSHAKE_ERRORS.labels(ctx.name, "timeout").inc()
-                self._abort_all()
-                return
-            except (ssl.SSLError, OSError, ConnectionError) as exc:
-                _HANDSHAKE_ERRORS.labels(ctx.name, type(exc).__name__).inc()
-                self._abort_all()
-                return
-            if tls is None or self.closed:
-                self._abort_all()
-                return
-            self.client = tls
-            tls.pause_reading()
         ep = ctx.balancer.select()
         if ep is None:
             _CONNECT_ERRORS.labels(ctx.name, "no_backend").inc()

@@ -125,6 +125,9 @@ class UdpListener(asyncio.DatagramProtocol):
         self._schedule_reap()
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
+        if len(data) > self.ctx.max_datagram:
+            self.drop("datagram_too_large")
+            return
         client = (str(addr[0]), int(addr[1]))
         flow = self.flows.get(client)
         if flow is None:

@@ -76,6 +76,7 @@ class H1Front(asyncio.Protocol):
         "paused",
         "peer_ip",
         "phase",
+        "pre_admitted",
         "request_method",
         "requests",
         "sni",
@@ -85,8 +86,9 @@ class H1Front(asyncio.Protocol):
         "tunnel",
     )
 
-    def __init__(self, ctx: L7Context) -> None:
+    def __init__(self, ctx: L7Context, admitted_ip: str | None = None) -> None:
         self.ctx = ctx
+        self.pre_admitted = admitted_ip is not None
         http = ctx.listener.http
         rt = ctx.config.runtime
         self.codec = H1ServerCodec(
@@ -122,7 +124,7 @@ class H1Front(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
         ctx = self.ctx
-        if not ctx.admission.admit(ctx.name, self.peer_ip):
+        if not self.pre_admitted and not ctx.admission.admit(ctx.name, self.peer_ip):
             transport.abort()
             return
         self.admitted = True

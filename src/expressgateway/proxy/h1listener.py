@@ -7,6 +7,7 @@ import socket
 import ssl
 
 from expressgateway.config import ListenerConfig
+from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.sweeper import Sweeper
 from expressgateway.io.tls import server_context
 from expressgateway.proxy.context import L7Context
@@ -96,15 +97,24 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         alt_svc=alt_svc,
         access_log=cfg.observability.access_log,
     )
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: H1Front(ctx),
-        sock=sock,
-        backlog=cfg.runtime.tcp_backlog,
-        ssl=ssl_ctx,
-        ssl_handshake_timeout=cfg.runtime.handshake_timeout_ms / 1000 if ssl_ctx else None,
-    )
-    running = Running(lc.name, server=server)
+    if ssl_ctx is not None:
+        acceptor = TlsAcceptor(
+            lc.name,
+            sock,
+            ssl_ctx,
+            lambda ip: H1Front(ctx, admitted_ip=ip),
+            wc.admission,
+            cfg.runtime.handshake_timeout_ms / 1000,
+            cfg.runtime.accept_backoff_max_ms / 1000,
+        )
+        acceptor.start()
+        running = Running(lc.name, acceptor=acceptor)
+    else:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: H1Front(ctx), sock=sock, backlog=cfg.runtime.tcp_backlog
+        )
+        running = Running(lc.name, server=server)
     running.extra.append(ctx)
     return running
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expressgateway.config import Config, ListenerConfig
+from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.admission import Admission
 from expressgateway.io.tls import server_context
 from expressgateway.l4.tcp import L4Context, TcpRelay
@@ -28,6 +29,7 @@ class Running:
 
     name: str
     server: asyncio.AbstractServer | None = None
+    acceptor: TlsAcceptor | None = None
     udp: UdpListener | None = None
     extra: list[Any] = field(default_factory=list)
 
@@ -42,6 +44,8 @@ class Running:
     def stop_accepting(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
         if self.udp is not None:
             self.udp.close()
 
@@ -91,7 +95,12 @@ def balancer_for(listener: ListenerConfig) -> Balancer:
 @builder("tcp", "tls")
 async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
     rt = wc.config.runtime
-    ssl_ctx = None
+    ctx = L4Context(
+        name=lc.name,
+        balancer=balancer_for(lc),
+        admission=wc.admission,
+        connect_timeout=rt.connect_timeout_ms / 1000,
+    )
     if lc.protocol == "tls" and lc.tls is not None:
         ssl_ctx = server_context(
             lc.tls.cert_path,
@@ -100,14 +109,17 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
             tls13_only=rt.tls.tls13_only,
             where=f"listener {lc.name!r}",
         )
-    ctx = L4Context(
-        name=lc.name,
-        balancer=balancer_for(lc),
-        admission=wc.admission,
-        connect_timeout=rt.connect_timeout_ms / 1000,
-        ssl_context=ssl_ctx,
-        handshake_timeout=rt.handshake_timeout_ms / 1000,
-    )
+        acceptor = TlsAcceptor(
+            lc.name,
+            sock,
+            ssl_ctx,
+            lambda ip: TcpRelay(ctx, admitted_ip=ip),
+            wc.admission,
+            rt.handshake_timeout_ms / 1000,
+            rt.accept_backoff_max_ms / 1000,
+        )
+        acceptor.start()
+        return Running(lc.name, acceptor=acceptor)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: TcpRelay(ctx), sock=sock, backlog=rt.tcp_backlog)
     return Running(lc.name, server=server)

@@ -264,7 +264,7 @@ class Supervisor:
                 BOOT_TIMEOUT,
             )
         except (BootError, TimeoutError) as exc:
-            log.error("boot failed: %s", exc or "workers did not become ready in time")
+            log.error("boot failed: %s", str(exc) or "workers did not become ready in time")
             await self._stop_workers(drain=False)
             if admin_server is not None:
                 admin_server.close()

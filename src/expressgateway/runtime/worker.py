@@ -29,7 +29,7 @@ from expressgateway.runtime.protocols import BUILDERS
 log = logging.getLogger("expressgateway.worker")
 
 _ACCEPT_ERRORS = REGISTRY.counter(
-    "accept_errors_total", "Errors while accepting connections, by kind.", ("kind",)
+    "accept_errors_total", "Errors while accepting connections, by kind.", ("listener", "kind")
 )
 _LOOP_ERRORS = REGISTRY.counter(
     "event_loop_errors_total", "Unhandled errors reported by the event loop."
@@ -78,7 +78,9 @@ class Worker:
         wc = WorkerContext(config=cfg, admission=self.admission, index=int(msg.get("index", 0)))
         fds: list[int] = msg["fds"]
         try:
-            for lc, fd in zip(cfg.listeners, fds, strict=True):
+            # the supervisor binds (and sends fds for) active protocols only
+            served = [lc for lc in cfg.listeners if lc.protocol in BUILDERS]
+            for lc, fd in zip(served, fds, strict=True):
                 kind = socket.SOCK_DGRAM if lc.protocol in ("udp", "quic") else socket.SOCK_STREAM
                 sock = socket.socket(fileno=fd, type=kind)
                 build = BUILDERS.get(lc.protocol)
@@ -100,6 +102,8 @@ class Worker:
         self.draining = True
         for r in self.running:
             r.stop_accepting()
+        for r in self.running:
+            r.drain()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.admission is None or self.admission.inflight == 0:
@@ -113,7 +117,7 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     exc = context.get("exception")
     if "accept" in message.lower():
         kind = "fd_exhausted" if isinstance(exc, OSError) and exc.errno in (23, 24) else "other"
-        _ACCEPT_ERRORS.labels(kind).inc()
+        _ACCEPT_ERRORS.labels("", kind).inc()
         log.warning("accept error", extra={"kind": kind, "error": str(exc)})
         return
     _LOOP_ERRORS.inc()
