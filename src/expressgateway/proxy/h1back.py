@@ -116,8 +116,8 @@ class H1Back(asyncio.Protocol):
                 if self.tunnel is not None:
                     self.tunnel.backend_data(ev.data)
                 continue
-            if self.stream is None and self.tunnel is None:
-                break
+            if self.stream is not stream:
+                break  # the exchange ended (the connection may already serve the next)
 
     def eof_received(self) -> bool:
         self.eof = True

@@ -33,7 +33,7 @@ from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.h1back import H1Back
 from expressgateway.proxy.stream import Stream
 from expressgateway.upstream.endpoint import Endpoint
-from expressgateway.upstream.pool import peer_key
+from expressgateway.upstream.pool import Pool, peer_key
 
 if TYPE_CHECKING:
     from expressgateway.proxy.context import L7Context
@@ -390,6 +390,7 @@ class H1Front(asyncio.Protocol):
         self.parked = None
         if back.key == peer_key(ep) and back.alive():
             back.reused = True
+            Pool.count_reuse()
             return back
         back.release()
         return None
@@ -417,12 +418,11 @@ class H1Front(asyncio.Protocol):
         buf.clear()
 
     def stream_done(self) -> None:
-        stream = self.stream
         self.stream = None
         self.requests += 1
         if self.transport is None or self.phase == TUNNEL:
             return
-        if not self.keep_alive or (stream is not None and not stream.request_done):
+        if not self.keep_alive or not self.codec.reusable:
             self.flush()
             self._close()
             return
@@ -438,9 +438,15 @@ class H1Front(asyncio.Protocol):
             self._bad_request(err)
             return
         if events:
+            # A pipelined request was waiting: start it now (we may be inside
+            # the previous exchange's upstream callback, so flush explicitly).
             self.got_bytes = True
             self.flush()
             self._dispatch(events)
+            if self.stream is not None:
+                self.stream.flush()
+            else:
+                self.flush()
 
     def drain(self) -> None:
         """The gateway is draining: close now if idle, else after this exchange."""

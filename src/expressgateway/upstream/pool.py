@@ -143,6 +143,11 @@ class Pool:
     def count_new() -> None:
         _NEW.inc()
 
+    @staticmethod
+    def count_reuse() -> None:
+        """A connection kept outside the idle lists (parked) was reused."""
+        _REUSED.inc()
+
 
 async def open_connection(
     factory: Callable[[], asyncio.Protocol],
