@@ -97,6 +97,7 @@ def nginx_origin(files: dict[str, bytes] | None = None) -> Iterator[int]:
     """A real nginx serving static files and a couple of fixed answers."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="eg-nginx-") as tmp:
+        os.chmod(tmp, 0o755)  # nginx workers run as nobody when started as root
         www = Path(tmp) / "www"
         www.mkdir()
         for name, data in (files or {}).items():
@@ -114,3 +115,6 @@ def nginx_origin(files: dict[str, bytes] | None = None) -> Iterator[int]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            finally:
+                assert proc.stderr is not None
+                proc.stderr.close()

@@ -1,0 +1,228 @@
+"""Deadlines and upstream failures on an ``h1`` listener, with small
+timeouts: slowloris, slow POST, keep-alive idle, head and total timeouts,
+and what the client gets when the upstream refuses, hangs or is missing."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.gateway import Gateway, free_port, gateway
+from tests.support.h1 import (
+    ResponseReader,
+    closed_by_peer,
+    connect,
+    get,
+    h1_config,
+    h1_listener,
+    request,
+)
+from tests.support.processes import origin
+
+TIMEOUTS = "header_timeout_ms = 500\nbody_timeout_ms = 500\nhead_timeout_ms = 500\n"
+
+
+@dataclass
+class Rig:
+    gw: Gateway
+    port: int
+    total_port: int  # total_timeout_ms = 1000, head timeout long
+    origin: int
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[Rig]:
+    with origin() as op:
+        admin, port, total = free_port(), free_port(), free_port()
+        cfg = h1_config(
+            admin,
+            h1_listener(port, [op], name="short", http=TIMEOUTS),
+            h1_listener(
+                total,
+                [op],
+                name="total",
+                http="total_timeout_ms = 1000\nhead_timeout_ms = 30000\nbody_timeout_ms = 30000",
+            ),
+        )
+        with gateway(cfg, admin_port=admin) as gw:
+            yield Rig(gw, port, total, op)
+
+
+# -- client-side deadlines ----------------------------------------------------------------
+
+
+def test_slowloris_partial_head_is_closed_and_counted(rig: Rig) -> None:
+    reaped = rig.gw.metric("security_slowloris_reaped_total", listener="short")
+    with connect(rig.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: gateway.test\r\nX-Slow: ")
+        start = time.monotonic()
+        assert closed_by_peer(s, 5)
+        elapsed = time.monotonic() - start
+    assert 0.3 < elapsed < 2.5, elapsed
+    assert rig.gw.metric("security_slowloris_reaped_total", listener="short") == reaped + 1
+
+
+def test_slowloris_trickling_bytes_does_not_extend_the_header_deadline(rig: Rig) -> None:
+    with connect(rig.port) as s:
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        start = time.monotonic()
+        closed = False
+        for i in range(40):  # one header byte every 100 ms, for up to 4 s
+            try:
+                s.sendall(b"X-%d: 1\r\n" % i)
+            except OSError:
+                closed = True
+                break
+            time.sleep(0.1)
+        if not closed:
+            closed = closed_by_peer(s, 1)
+        elapsed = time.monotonic() - start
+    assert closed
+    assert elapsed < 2.5, elapsed
+
+
+def test_idle_keep_alive_connection_is_closed_without_counting_slowloris(rig: Rig) -> None:
+    reaped = rig.gw.metric("security_slowloris_reaped_total", listener="short")
+    with connect(rig.port) as s:
+        s.sendall(get(rig.port, "/"))
+        assert ResponseReader().read(s).status == 200
+        assert closed_by_peer(s, 3)
+    assert rig.gw.metric("security_slowloris_reaped_total", listener="short") == reaped
+
+
+def test_connection_that_never_sends_is_closed(rig: Rig) -> None:
+    with connect(rig.port) as s:
+        assert closed_by_peer(s, 3)
+
+
+def test_slow_post_gets_408_and_is_counted(rig: Rig) -> None:
+    counted = rig.gw.metric("security_slow_post_total", listener="short")
+    with connect(rig.port) as s:
+        s.sendall(
+            b"POST /sink HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100\r\n\r\n0123456789"
+        )
+        start = time.monotonic()
+        resp = ResponseReader().read(s)
+        elapsed = time.monotonic() - start
+        assert closed_by_peer(s, 3)
+    assert resp.status == 408
+    assert 0.3 < elapsed < 2.5, elapsed
+    assert rig.gw.metric("security_slow_post_total", listener="short") == counted + 1
+
+
+def test_body_progress_rearms_the_body_timeout(rig: Rig) -> None:
+    """Ten bytes every 200 ms for 2 s: never 500 ms without progress."""
+    with connect(rig.port) as s:
+        s.sendall(b"POST /sink HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(10):
+            time.sleep(0.2)
+            s.sendall(b"0123456789")
+        resp = ResponseReader().read(s)
+    assert resp.status == 200
+    assert b'"bytes": 100' in resp.body
+
+
+def test_origin_slow_to_answer_gets_504_after_head_timeout(rig: Rig) -> None:
+    start = time.monotonic()
+    resp = request(rig.port, get(rig.port, "/slow-head/3000"))
+    elapsed = time.monotonic() - start
+    assert resp.status == 504
+    assert elapsed < 2, elapsed
+    assert rig.gw.metric("http_request_errors_total", listener="short", reason="head_timeout") >= 1
+
+
+def test_total_timeout_before_the_response_head_is_504(rig: Rig) -> None:
+    start = time.monotonic()
+    resp = request(rig.total_port, get(rig.total_port, "/slow-head/4000"), timeout=8)
+    elapsed = time.monotonic() - start
+    assert resp.status == 504
+    assert 0.7 < elapsed < 2.5, elapsed
+
+
+def test_total_timeout_after_the_response_head_cuts_the_body(rig: Rig) -> None:
+    """/drip/100/50 needs 5 s; after 1 s the body is cut, never completed."""
+    start = time.monotonic()
+    with connect(rig.total_port) as s:
+        s.sendall(get(rig.total_port, "/drip/100/50"))
+        resp = ResponseReader().read(s)
+    elapsed = time.monotonic() - start
+    assert resp.status == 200
+    assert not resp.complete
+    assert 0 < len(resp.body) < 100
+    assert elapsed < 3, elapsed
+
+
+# -- upstream failures ------------------------------------------------------------------------
+
+
+def test_connect_refused_is_502_at_once() -> None:
+    admin, port, dead = free_port(), free_port(), free_port()
+    with gateway(h1_config(admin, h1_listener(port, [dead])), admin_port=admin) as gw:
+        start = time.monotonic()
+        resp = request(port, get(port), timeout=5)
+        elapsed = time.monotonic() - start
+        assert resp.status == 502
+        assert elapsed < 1, elapsed
+        assert gw.metric("upstream_errors_total", reason="connect_refused") >= 1
+        assert gw.metric("http_requests_total", status_class="5xx") == 1
+
+
+def test_connect_timeout_is_504() -> None:
+    """A backend whose accept queue is full drops our SYNs: the connect hangs."""
+    backlog = socket.socket()
+    backlog.bind(("127.0.0.1", 0))
+    backlog.listen(0)
+    fillers: list[socket.socket] = []
+    try:
+        target = backlog.getsockname()
+        for _ in range(4):  # fill the accept queue (backlog 0 admits one or two)
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(target)
+            fillers.append(f)
+        time.sleep(0.2)
+        admin, port = free_port(), free_port()
+        cfg = h1_config(admin, h1_listener(port, [target[1]]), runtime="connect_timeout_ms = 300")
+        with gateway(cfg, admin_port=admin) as gw:
+            start = time.monotonic()
+            resp = request(port, get(port), timeout=5)
+            elapsed = time.monotonic() - start
+            assert resp.status == 504
+            assert elapsed < 2.5, elapsed
+            assert gw.metric("upstream_errors_total", reason="connect_timeout") >= 1
+    finally:
+        for f in fillers:
+            f.close()
+        backlog.close()
+
+
+def test_listener_without_backends_answers_503_with_a_json_reason() -> None:
+    admin, port = free_port(), free_port()
+    with gateway(h1_config(admin, h1_listener(port, [])), admin_port=admin):
+        resp = request(port, get(port), timeout=5)
+    assert resp.status == 503
+    assert resp.header("content-type") == "application/json"
+    assert resp.body == b'{"status":503,"reason":"no_backend"}\n'
+
+
+def test_upstream_reset_before_the_response_is_502() -> None:
+    """An origin that closes without answering (nothing reused: no retry)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    try:
+        admin, port = free_port(), free_port()
+        cfg = h1_config(admin, h1_listener(port, [srv.getsockname()[1]]))
+        with gateway(cfg, admin_port=admin):
+            c = connect(port)
+            c.sendall(get(port))
+            conn, _ = srv.accept()
+            conn.recv(65536)
+            conn.close()
+            resp = ResponseReader().read(c, timeout=5)
+            c.close()
+        assert resp.status == 502
+    finally:
+        srv.close()
