@@ -72,6 +72,7 @@ class L7Context:
         self.total_timeout = http.total_timeout_ms / 1000
         self.connect_timeout = self.config.runtime.connect_timeout_ms / 1000
         self.max_keepalive = self.config.runtime.max_keepalive_requests
+        self.via = http.via
         self.inflight = INFLIGHT.labels(self.name)
         self.duration: dict[str, Any] = {}
 

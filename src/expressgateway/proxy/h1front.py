@@ -193,9 +193,9 @@ class H1Front(asyncio.Protocol):
                 if ev.end_stream:
                     if self.phase == BODY:
                         self.phase = WAIT_HEAD
-                        self.deadline = self.loop.time() + self.ctx.head_timeout
+                        self.deadline = min(self.loop.time() + self.ctx.head_timeout, self.total_deadline)
                 elif self.phase == BODY:
-                    self.deadline = self.loop.time() + self.ctx.body_timeout
+                    self.deadline = min(self.loop.time() + self.ctx.body_timeout, self.total_deadline)
                 stream.on_request_body(ev.data, ev.end_stream)
             elif isinstance(ev, RequestHead):
                 self._on_head(ev)
@@ -203,7 +203,7 @@ class H1Front(asyncio.Protocol):
                 if self.stream is not None:
                     if self.phase == BODY:
                         self.phase = WAIT_HEAD
-                        self.deadline = self.loop.time() + self.ctx.head_timeout
+                        self.deadline = min(self.loop.time() + self.ctx.head_timeout, self.total_deadline)
                     self.stream.on_request_trailers(ev.headers)
             elif isinstance(ev, TunnelData) and self.tunnel is not None:
                 self.tunnel.client_data(ev.data)
@@ -215,21 +215,28 @@ class H1Front(asyncio.Protocol):
         self.total_deadline = now + ctx.total_timeout
         if head.end_stream:
             self.phase = WAIT_HEAD
-            self.deadline = now + ctx.head_timeout
+            self.deadline = min(now + ctx.head_timeout, self.total_deadline)
         else:
             self.phase = BODY
-            self.deadline = now + ctx.body_timeout
+            self.deadline = min(now + ctx.body_timeout, self.total_deadline)
         stream = Stream(ctx, self, head, self.peer_ip, "h1")
         self.stream = stream
         problem = self._check(head)
         if problem is not None:
             stream.fail(problem)
             return
-        if head.protocol is not None and ctx.listener.websocket is not None:
-            from expressgateway.proxy.websocket import start_websocket
+        if head.protocol is not None:
+            ws = ctx.listener.websocket
+            if ws is not None and ws.enabled:
+                from expressgateway.proxy.websocket import start_websocket
 
-            start_websocket(stream, self, head)
-            return
+                start_websocket(stream, self, head)
+                return
+            # WebSocket is off here: forward a plain request, never an upgrade.
+            head = RequestHead(
+                head.method, head.scheme, head.authority, head.path, head.headers,
+                head.end_stream, None, head.content_length,
+            )
         http = ctx.listener.http
         stream.start(
             upstream_head(head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via)
@@ -284,7 +291,7 @@ class H1Front(asyncio.Protocol):
         self._resume(P_CONNECT | P_BACKPRESSURE)
         # Reading resumed: the body clock restarts (the wait was ours, not the client's).
         if self.phase == BODY:
-            self.deadline = self.loop.time() + self.ctx.body_timeout
+            self.deadline = min(self.loop.time() + self.ctx.body_timeout, self.total_deadline)
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:

@@ -12,10 +12,13 @@ from expressgateway.io.sweeper import Sweeper
 from expressgateway.io.tls import server_context
 from expressgateway.proxy.context import L7Context
 from expressgateway.proxy.h1front import H1Front
+from expressgateway.runtime import features
 from expressgateway.runtime.listeners import Running, WorkerContext, balancer_for, builder
 from expressgateway.upstream.pool import Pool
 
 _shared: dict[int, tuple[Sweeper, Pool]] = {}
+
+features.activate("websocket", "alt_svc")
 
 
 class _PoolReaper:

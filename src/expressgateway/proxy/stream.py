@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from expressgateway.core.errors import ProxyError, UpstreamError
 from expressgateway.core.events import Headers, Informational, RequestHead, ResponseHead
 from expressgateway.proxy.context import RETRIES, UPSTREAM_ERRORS, L7Context
+from expressgateway.proxy.forwarding import VIA
 from expressgateway.upstream.endpoint import Endpoint
 
 if TYPE_CHECKING:
@@ -130,11 +131,13 @@ class Stream:
         except TimeoutError:
             self.connecting = False
             self._upstream_failed(UpstreamError("connect_timeout", status=504), reused=False)
+            self.flush()
             return
         except OSError as exc:
             self.connecting = False
             reason = "connect_refused" if isinstance(exc, ConnectionRefusedError) else "connect_error"
             self._upstream_failed(UpstreamError(reason, detail=str(exc)), reused=False)
+            self.flush()
             return
         self.connecting = False
         if self.closed:
@@ -203,12 +206,13 @@ class Stream:
             return
         self.response_started = True
         self.status = head.status
-        alt_svc = self.ctx.alt_svc
-        if alt_svc is not None:
-            head = ResponseHead(
-                head.status, [*head.headers, (b"alt-svc", alt_svc)], head.end_stream,
-                head.content_length,
-            )
+        ctx = self.ctx
+        # The back codec made this header list for this response alone, so the
+        # encode filters may append to it rather than copy it.
+        if ctx.via:
+            head.headers.append((b"via", VIA))
+        if ctx.alt_svc is not None:
+            head.headers.append((b"alt-svc", ctx.alt_svc))
         self.front.send_response_head(head)
         if head.end_stream:
             self._response_end()

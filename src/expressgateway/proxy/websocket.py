@@ -53,7 +53,13 @@ def start_websocket(stream: Stream, front: H1Front, head: RequestHead) -> None:
     ctx = stream.ctx
     http = ctx.listener.http
     stream.fresh_connection = True  # type: ignore[attr-defined]
-    stream.start(upstream_head(head, front.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via))
+    # Extensions (permessage-deflate) are not negotiated through the gateway:
+    # the frame relay checks every frame, and compressed frames would need
+    # the shared compression context of each side.
+    head.headers[:] = [(n, v) for n, v in head.headers if n != b"sec-websocket-extensions"]
+    stream.start(
+        upstream_head(head, front.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via)
+    )
 
 
 class WsTunnel:
