@@ -151,6 +151,20 @@ def main() -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args()
     setup_logging()
+    profile = os.environ.get("EG_PROFILE")
+    if profile:
+        # Performance work: EG_PROFILE=/tmp/prof writes one cProfile file per
+        # worker (/tmp/prof.<pid>) when it stops.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            loops.run(_amain(args.control_fd))
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile}.{os.getpid()}")
+        return
     loops.run(_amain(args.control_fd))
 
 
