@@ -63,6 +63,7 @@ class L7Context:
     draining: bool = False
     _status_children: dict[tuple[str, int], Any] = field(default_factory=dict)
     _backend_children: dict[tuple[str, int], Any] = field(default_factory=dict)
+    _records: dict[tuple[str, str, int], tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         http = self.listener.http
@@ -75,6 +76,22 @@ class L7Context:
         self.via = http.via
         self.inflight = INFLIGHT.labels(self.name)
         self.duration: dict[str, Any] = {}
+
+    def count(self, version: str, backend: str, status: int, elapsed: float) -> None:
+        """Count one finished request: requests, backend requests, duration."""
+        key = (version, backend, status // 100)
+        rec = self._records.get(key)
+        if rec is None:
+            cls = f"{status // 100}xx" if 100 <= status < 600 else "error"
+            rec = self._records[key] = (
+                REQUESTS.labels(self.name, self.route, version, cls),
+                BACKEND_REQUESTS.labels(self.name, backend, cls) if backend else None,
+                DURATION.labels(self.name, self.route, version),
+            )
+        rec[0].value += 1
+        if rec[1] is not None:
+            rec[1].value += 1
+        rec[2].observe(elapsed)
 
     def count_request(self, version: str, status: int) -> None:
         key = (version, status // 100)

@@ -105,16 +105,17 @@ class Stream:
         self._use(ep)
 
     def _use(self, ep: Endpoint) -> None:
-        from expressgateway.proxy.connectors import connector_for
-
         self.endpoint = ep
         ep.active += 1
-        connector = connector_for(ep)
-        back = None
         if not self.fresh_connection:
             back = self.front.take_parked(ep)
-            if back is None:
-                back = connector.take(self.ctx, ep)
+            if back is not None:
+                self._attach(back)
+                return
+        from expressgateway.proxy.connectors import connector_for
+
+        connector = connector_for(ep)
+        back = None if self.fresh_connection else connector.take(self.ctx, ep)
         if back is not None:
             self._attach(back)
             return
@@ -339,10 +340,8 @@ class Stream:
         ep = self.endpoint
         if ep is not None:
             ep.active -= 1
-            ctx.count_backend(ep.name, status)
-        ctx.count_request(self.version, status)
         elapsed = time.monotonic() - self.started
-        ctx.observe_duration(self.version, elapsed)
+        ctx.count(self.version, ep.name if ep is not None else "", status, elapsed)
         if ctx.access_log:
             h = self.head
             log.info(

@@ -22,11 +22,21 @@ class Endpoint:
     #: connections or requests currently using this endpoint
     active: int = 0
     healthy: bool = True
+    #: identity of a pooled connection to this endpoint (see upstream/pool.py)
+    key: tuple[str, int, bool, str, bool, str] = ()  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if not self.name:
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.name = f"{host}:{self.port}"
+        self.key = (
+            self.host,
+            self.port,
+            self.tls,
+            self.sni if self.tls else "",
+            self.tls_verify_peer,
+            self.tls_ca_path or "",
+        )
 
     @property
     def sni(self) -> str:

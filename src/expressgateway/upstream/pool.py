@@ -44,7 +44,7 @@ class Pooled(Protocol):
 
 
 def peer_key(ep: Endpoint) -> PeerKey:
-    return (ep.host, ep.port, ep.tls, ep.sni if ep.tls else "", ep.tls_verify_peer, ep.tls_ca_path or "")
+    return ep.key
 
 
 class Pool:
