@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from importlib import resources
 
@@ -105,6 +106,8 @@ def serve(cfg: Config, *, demo_origin: tuple[str, int] | None = None) -> int:
 
 
 def cmd_demo() -> int:
+    # The demo is for people at a terminal: readable logs unless asked otherwise.
+    os.environ.setdefault("LB_LOG_FORMAT", "text")
     text = resources.files("expressgateway.demo").joinpath("demo.toml").read_text()
     try:
         cfg = parse_config(text, source="<built-in demo>")
