@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
@@ -49,11 +50,19 @@ def parse_args(argv: list[str] | None = None) -> RunOptions:
     )
     ap.add_argument("--out", type=Path, default=RESULTS_DIR, help="output directory")
     ap.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="only re-render Markdown and PNG from a results JSON of an earlier run",
+    )
+    ap.add_argument(
         "--smoke",
         action="store_true",
         help="one short round of h1_1k with nginx and ours (used by the test)",
     )
     args = ap.parse_args(argv)
+    if args.render is not None:
+        raise SystemExit(render_only(args.render, args.out))
     scenarios = _split(args.scenarios)
     proxies = _split(args.proxies)
     rounds, duration, warmup = args.rounds, args.duration, args.warmup
@@ -79,6 +88,14 @@ def parse_args(argv: list[str] | None = None) -> RunOptions:
         smoke=args.smoke,
         gateway_src=args.gateway_src,
     )
+
+
+def render_only(source: Path, out_dir: Path) -> int:
+    results = json.loads(source.read_text())
+    paths = report.write(results, out_dir)
+    chart.write_png(results, out_dir / "latest.png")
+    print(paths["md"].read_text())
+    return 0
 
 
 def _split(text: str) -> list[str]:

@@ -210,7 +210,7 @@ def _columns(sc: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
     if sc["headline"] == "rss_growth_mib":
         return [
             ("MiB/s", "rate", 0, True),
-            ("RSS growth MiB", "rss_growth_mib", 1, True),
+            ("RSS growth MiB", "rss_growth_mib", 2, False),
             (f"CPU-µs/{unit}", "cpu_us_per_unit", 1, False),
             ("peak RSS MiB", "peak_rss_mib", 1, False),
         ]
