@@ -1,0 +1,1 @@
+"""Tests of the HTTP/2 codecs (expressgateway.codec.h2)."""
