@@ -61,7 +61,7 @@ from expressgateway.core.events import (
 )
 
 from .abuse import AbuseLimits
-from .connection import H2Codec, Output, Stream
+from .connection import H2Codec, Output, Stream, local_reset_reason
 from .events import GoAwayReceived
 from .validate import StreamError, encode_fields, never_indexed, response_fields, trailer_fields
 
@@ -310,7 +310,7 @@ class H2ClientCodec(H2Codec):
             # RFC 9113 §8.1: the response is complete, the rest of the
             # request is not wanted (NO_ERROR): not a failure
             return
-        reason = "upstream_reset" if ev.remote_reset else "flow_control_error"
+        reason = "upstream_reset" if ev.remote_reset else local_reset_reason(code)
         if code == REFUSED_STREAM and ev.remote_reset:
             reason = "upstream_refused"
         out.append((sid, Reset(code, Source.UPSTREAM, reason)))
@@ -325,7 +325,7 @@ class H2ClientCodec(H2Codec):
         for st in list(self._unprocessed(last)):
             self._streams.pop(st.sid, None)
             self._blocked.pop(st.sid, None)
-            self._conn.reset_stream(st.sid, CANCEL)
+            self._rst(st.sid, CANCEL)
             self._release(st)
             out.append((st.sid, Reset(REFUSED_STREAM, Source.UPSTREAM, "goaway_unprocessed")))
 

@@ -49,7 +49,9 @@ from expressgateway.core.events import (
     CANCEL,
     COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
+    FLOW_CONTROL_ERROR,
     NO_ERROR,
+    STREAM_CLOSED,
     Event,
     Reset,
     Source,
@@ -516,11 +518,17 @@ class H2Codec:
         if st is None:
             return
         self._blocked.pop(stream_id, None)
+        self._rst(stream_id, code)
+        self._release(st)
+
+    def _rst(self, stream_id: int, code: int) -> None:
+        """RST_STREAM unless h2 has closed the stream already (both sides
+        ended it: there is nothing left to reset, and RFC 9113 §5.1 forbids
+        frames on a closed stream)."""
         try:
             self._conn.reset_stream(stream_id, code)
-        except (ProtocolError, KeyError):  # pragma: no cover - closed in h2 already
+        except StreamClosedError:
             pass
-        self._release(st)
 
     def _stream_error(
         self, st: Stream, code: int, reason: str, out: Output, extra: int = 0
@@ -528,7 +536,7 @@ class H2Codec:
         """Reset ``st`` for the peer's fault and report it."""
         self._streams.pop(st.sid, None)
         self._blocked.pop(st.sid, None)
-        self._conn.reset_stream(st.sid, code)
+        self._rst(st.sid, code)
         self._release(st, extra)
         out.append((st.sid, Reset(code, self._source, reason)))
         self._guard.local_error_reset()
@@ -581,7 +589,7 @@ class H2Codec:
                 if st.blocked_since <= limit:
                     self._streams.pop(st.sid, None)
                     self._blocked.pop(st.sid, None)
-                    self._conn.reset_stream(st.sid, CANCEL)
+                    self._rst(st.sid, CANCEL)
                     self._release(st)
                     out.append((st.sid, Reset(CANCEL, self._source, "send_stall")))
                     try:
@@ -667,6 +675,15 @@ class H2Codec:
 
     def is_stream_open(self, stream_id: int) -> bool:
         return stream_id in self._streams
+
+
+def local_reset_reason(code: int) -> str:
+    """The reason slug of a stream h2 reset by itself for the peer's fault."""
+    if code == FLOW_CONTROL_ERROR:
+        return "flow_control_error"
+    if code == STREAM_CLOSED:
+        return "stream_closed"
+    return "protocol_error"
 
 
 def error_code_name(code: int) -> str:

@@ -64,7 +64,7 @@ from expressgateway.core.events import (
 )
 
 from .abuse import AbuseLimits
-from .connection import H2Codec, Output, Stream
+from .connection import H2Codec, Output, Stream, local_reset_reason
 from .events import GoAwayReceived, StreamRejected
 from .validate import (
     RequestValidator,
@@ -215,10 +215,10 @@ class H2ServerCodec(H2Codec):
         end = ev.stream_ended is not None
         if sid > self._last_accepted:
             # after our GOAWAY: not processed, the client may retry elsewhere
-            self._conn.reset_stream(sid, REFUSED_STREAM)
+            self._rst(sid, REFUSED_STREAM)
             return
         if len(self._streams) >= self._max_concurrent:
-            self._conn.reset_stream(sid, REFUSED_STREAM)
+            self._rst(sid, REFUSED_STREAM)
             self._guard.refused_stream()
             return
         try:
@@ -251,7 +251,7 @@ class H2ServerCodec(H2Codec):
             self._fresh.append(st)
             self._streams[sid] = st
         else:
-            self._conn.reset_stream(sid, exc.code)
+            self._rst(sid, exc.code)
         out.append((sid, StreamRejected(err)))
         self._guard.local_error_reset()
 
@@ -327,8 +327,9 @@ class H2ServerCodec(H2Codec):
         self._release(st)
         code = int(ev.error_code)
         if not ev.remote_reset:
-            # h2 reset it for the client's fault (a window overflow, §6.9.1)
-            out.append((sid, Reset(code, Source.DOWNSTREAM, "flow_control_error")))
+            # h2 reset it for the client's fault: a window overflow (§6.9.1),
+            # a frame on a half-closed stream (§5.1)
+            out.append((sid, Reset(code, Source.DOWNSTREAM, local_reset_reason(code))))
             self._guard.local_error_reset()
             return
         if not st.head_sent:
@@ -413,7 +414,7 @@ class H2ServerCodec(H2Codec):
             # RFC 9113 §8.1: the response is complete; the rest of the
             # request is not wanted
             self._streams.pop(st.sid, None)
-            self._conn.reset_stream(st.sid, NO_ERROR)
+            self._rst(st.sid, NO_ERROR)
             self._release(st)
 
 
