@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 import trustme
 
 from tests.support.gateway import free_port, gateway
@@ -36,13 +37,20 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
 # -- h1s listener -------------------------------------------------------------------------
 
 
-def test_h1s_listener_serves_curl_over_tls(tls_files: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("flag", "status_line"), [("--http1.1", b"HTTP/1.1 200"), ("--http2", b"HTTP/2 200")]
+)
+def test_h1s_listener_serves_curl_over_tls(
+    tls_files: dict[str, str], flag: str, status_line: bytes
+) -> None:
+    """ALPN offers h2 then http/1.1: curl gets the protocol it asks for."""
     with origin() as op:
         admin, port = free_port(), free_port()
         listener = h1_listener(port, [op], protocol="h1s", extra=tls_block(tls_files))
         with gateway(h1_config(admin, listener), admin_port=admin):
             out = curl(
                 "-i",
+                flag,
                 "--cacert",
                 tls_files["ca"],
                 "--resolve",
@@ -51,7 +59,7 @@ def test_h1s_listener_serves_curl_over_tls(tls_files: dict[str, str]) -> None:
             )
     assert out.returncode == 0, out.stderr
     head, _, body = out.stdout.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
+    assert head.startswith(status_line)
     seen = seen_headers(body)
     assert seen["x-forwarded-proto"] == ["https"]
     assert seen["x-forwarded-host"] == [f"localhost:{port}"]
@@ -89,7 +97,7 @@ def test_h1s_host_not_matching_sni_is_421(tls_files: dict[str, str]) -> None:
             )
             assert watch.new_requests() == 0
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(b"HTTP/1.1 421"), out.stdout
+    assert out.stdout.split(b"\r\n")[0].split(b" ")[1] == b"421", out.stdout
 
 
 def test_h1s_host_matching_sni_with_port_is_served(tls_files: dict[str, str]) -> None:
@@ -108,7 +116,7 @@ def test_h1s_host_matching_sni_with_port_is_served(tls_files: dict[str, str]) ->
                 f"https://gateway.test:{port}/",
             )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(b"HTTP/1.1 200"), out.stdout
+    assert out.stdout.split(b"\r\n")[0].split(b" ")[1] == b"200", out.stdout
 
 
 def test_h1s_refuses_a_plaintext_request(tls_files: dict[str, str]) -> None:

@@ -29,6 +29,7 @@ from expressgateway.core.events import (
     TunnelData,
 )
 from expressgateway.observability.metrics import REGISTRY
+from expressgateway.proxy.checks import is_grpc, sni_mismatch
 from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.h1back import H1Back
 from expressgateway.proxy.stream import Stream
@@ -58,6 +59,9 @@ IDLE, BODY, WAIT_HEAD, RESPONDING, TUNNEL, CLOSING = range(6)
 # reasons to stop reading the client (a bit each)
 P_CONNECT, P_BACKPRESSURE, P_PIPELINE = 1, 2, 4
 
+#: the client connection preface of HTTP/2 (RFC 9113 §3.4)
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
 
@@ -69,6 +73,7 @@ class H1Front(asyncio.Protocol):
         "codec",
         "ctx",
         "deadline",
+        "early",
         "got_bytes",
         "keep_alive",
         "loop",
@@ -89,6 +94,7 @@ class H1Front(asyncio.Protocol):
     def __init__(self, ctx: L7Context, admitted_ip: str | None = None) -> None:
         self.ctx = ctx
         self.pre_admitted = admitted_ip is not None
+        self.early = bytearray()
         http = ctx.listener.http
         rt = ctx.config.runtime
         self.codec = H1ServerCodec(
@@ -133,6 +139,9 @@ class H1Front(asyncio.Protocol):
         if ctx.tls:
             sslobj = transport.get_extra_info("ssl_object")
             self.sni = getattr(sslobj, "eg_sni", None) if sslobj is not None else None
+            if sslobj is not None and sslobj.selected_alpn_protocol() == "h2":
+                self._become_h2(transport, b"")
+                return
         self.deadline = self.loop.time() + ctx.header_timeout
         ctx.sweeper.add(self)
 
@@ -167,6 +176,16 @@ class H1Front(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.client_data(data)
             return
+        if not self.got_bytes and self.requests == 0 and (self.early or data[:3] == b"PRI"):
+            # HTTP/2 with prior knowledge (RFC 9113 §3.3) on a cleartext listener.
+            self.early += data
+            if len(self.early) < len(H2_PREFACE):
+                if H2_PREFACE.startswith(bytes(self.early)):
+                    return
+            elif self.early.startswith(H2_PREFACE) and self.transport is not None:
+                self._become_h2(self.transport, bytes(self.early))
+                return
+            data = bytes(self.early)
         self.got_bytes = True
         try:
             events = self.codec.feed(data)
@@ -208,6 +227,17 @@ class H1Front(asyncio.Protocol):
             elif isinstance(ev, TunnelData) and self.tunnel is not None:
                 self.tunnel.client_data(ev.data)
 
+    def _become_h2(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Hand this connection to an HTTP/2 front (ALPN h2, or the preface)."""
+        from expressgateway.proxy.h2front import H2Front
+
+        self.ctx.sweeper.discard(self)
+        self.admitted = False  # the HTTP/2 front owns the admission slot now
+        self.transport = None
+        h2 = H2Front(self.ctx, admitted_ip=self.peer_ip, preface=data, sni=self.sni)
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+
     def _on_head(self, head: RequestHead) -> None:
         ctx = self.ctx
         now = self.loop.time()
@@ -243,15 +273,12 @@ class H1Front(asyncio.Protocol):
         )
 
     def _check(self, head: RequestHead) -> ProxyError | None:
-        if self.sni is not None and head.authority:
-            host = head.authority.rsplit(b":", 1)[0] if not head.authority.endswith(b"]") else head.authority
-            if host.strip(b"[]").lower().decode("latin-1") != self.sni.lower():
-                return DownstreamError("sni_host_mismatch", status=421)
-        for name, value in head.headers:
-            if name == b"content-type" and value[:16].lower() == b"application/grpc":
-                rest = value[16:17]
-                if rest in (b"", b"+", b";"):
-                    return DownstreamError("grpc_over_http1", status=415)
+        problem = sni_mismatch(head, self.sni)
+        if problem is not None:
+            return problem
+        if is_grpc(head):
+            # gRPC needs trailers and HTTP/2 framing end to end.
+            return DownstreamError("grpc_over_http1", status=415)
         return None
 
     def _bad_request(self, err: DownstreamError) -> None:

@@ -78,7 +78,7 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         ssl_ctx = server_context(
             lc.tls.cert_path,
             lc.tls.key_path,
-            alpn=lc.tls.alpn or ("http/1.1",),
+            alpn=lc.tls.alpn or ("h2", "http/1.1"),
             tls13_only=cfg.runtime.tls.tls13_only,
             where=f"listener {lc.name!r}",
         )

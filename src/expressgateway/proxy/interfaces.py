@@ -71,3 +71,6 @@ class Back(Protocol):
         """Offer the idle connection to the shared pool."""
 
     def alive(self) -> bool: ...
+
+    def flush(self) -> None:
+        """Write out what this exchange queued (one write per batch)."""

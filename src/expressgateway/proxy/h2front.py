@@ -1,0 +1,406 @@
+"""The HTTP/2 front: one client connection, many streams, each bridged to a
+back by its own :class:`~expressgateway.proxy.stream.Stream`.
+
+Flow control is the backpressure toward the client: request DATA is
+acknowledged (WINDOW_UPDATE) only once it was handed to the upstream and
+that upstream is not pushing back; while it is, the credit is withheld and
+the client stops sending on that stream. Toward the client, ``send_body``
+takes only what the client's window allows; the rest waits (one upstream
+read at most) and the upstream is paused until ``WindowOpened``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
+
+from expressgateway.codec.h2.errors import H2ConnectionError
+from expressgateway.codec.h2.events import GoAwayReceived, StreamRejected, WindowOpened
+from expressgateway.codec.h2.server import H2ServerCodec
+from expressgateway.core.errors import DownstreamError, ProxyError
+from expressgateway.core.events import (
+    INTERNAL_ERROR,
+    Body,
+    Headers,
+    Informational,
+    RequestHead,
+    Reset,
+    ResponseHead,
+    Trailers,
+)
+from expressgateway.observability.metrics import REGISTRY
+from expressgateway.proxy.checks import sni_mismatch
+from expressgateway.proxy.forwarding import upstream_head
+from expressgateway.proxy.stream import Stream
+from expressgateway.upstream.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from expressgateway.proxy.context import L7Context
+    from expressgateway.proxy.interfaces import Back
+
+log = logging.getLogger("expressgateway.h2")
+
+_CONN_ERRORS = REGISTRY.counter(
+    "h2_connection_errors_total",
+    "HTTP/2 connections ended by the gateway with GOAWAY, by reason (rapid_reset, "
+    "continuation_flood, hpack_bomb, settings_flood, ping_flood, keepalive_timeout, ...).",
+    ("listener", "reason"),
+)
+_STREAMS = REGISTRY.counter("h2_streams_total", "HTTP/2 streams opened by clients.", ("listener",))
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+#: streams waiting for a response head, body progress...: checked each sweep
+IDLE, BODY, WAIT_HEAD, RESPONDING = range(4)
+
+
+class H2StreamFront:
+    """The :class:`~expressgateway.proxy.interfaces.Front` of one HTTP/2 stream."""
+
+    __slots__ = (
+        "conn",
+        "deadline",
+        "done",
+        "paused",
+        "pending",
+        "pending_end",
+        "pending_trailers",
+        "phase",
+        "sid",
+        "stream",
+        "total_deadline",
+        "unacked",
+    )
+
+    def __init__(self, conn: H2Front, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.stream: Stream | None = None
+        self.paused = False
+        self.unacked = 0
+        self.pending = b""
+        self.pending_end = False
+        self.pending_trailers: Headers | None = None
+        self.phase = IDLE
+        self.deadline = math.inf
+        self.total_deadline = math.inf
+        self.done = False
+
+    # -- request side -----------------------------------------------------------
+    def received(self, nbytes: int) -> None:
+        """Request DATA handed on: give the credit back unless pushed back."""
+        if self.paused:
+            self.unacked += nbytes
+        elif nbytes:
+            self.conn.codec.ack_data(self.sid, nbytes)
+
+    def pause_request(self) -> None:
+        self.paused = True
+
+    def resume_request(self) -> None:
+        self.paused = False
+        if self.unacked:
+            n, self.unacked = self.unacked, 0
+            self.conn.codec.ack_data(self.sid, n)
+            self.conn.flush()
+        if self.phase == BODY:
+            self.deadline = min(self.conn.loop.time() + self.conn.ctx.body_timeout, self.total_deadline)
+
+    # -- response side ------------------------------------------------------------
+    def send_informational(self, info: Informational) -> None:
+        self.conn.codec.send_informational(self.sid, info)
+
+    def send_response_head(self, head: ResponseHead) -> None:
+        self.phase = RESPONDING
+        self.deadline = self.total_deadline
+        self.conn.codec.send_response_head(self.sid, head)
+
+    def send_body(self, data: bytes, end_stream: bool) -> None:
+        if self.pending:
+            # Still waiting for window: the upstream is paused, this is at most
+            # what it had already read.
+            self.pending += data
+            self.pending_end = end_stream
+            return
+        sent = self.conn.codec.send_body(self.sid, data, end_stream)
+        if sent < len(data):
+            self.pending = data[sent:]
+            self.pending_end = end_stream
+            stream = self.stream
+            if stream is not None and stream.back is not None:
+                stream.back.pause_response()
+
+    def window_opened(self) -> None:
+        if not self.pending:
+            return
+        data, self.pending = self.pending, b""
+        end = self.pending_end
+        sent = self.conn.codec.send_body(self.sid, data, end and self.pending_trailers is None)
+        if sent < len(data):
+            self.pending = data[sent:]
+            return
+        if self.pending_trailers is not None:
+            trailers, self.pending_trailers = self.pending_trailers, None
+            self.conn.codec.send_trailers(self.sid, trailers)
+        stream = self.stream
+        if stream is not None and stream.back is not None:
+            stream.back.resume_response()
+        if self.done:
+            self.conn.forget(self)
+
+    def send_trailers(self, headers: Headers) -> None:
+        if self.pending:
+            self.pending_trailers = headers
+            return
+        self.conn.codec.send_trailers(self.sid, headers)
+
+    def local_reply(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        self.conn.codec.send_local_reply(self.sid, status, reason)
+
+    def abort(self, reason: str) -> None:
+        self.pending = b""
+        self.conn.codec.reset_stream(self.sid, INTERNAL_ERROR)
+
+    def stream_done(self) -> None:
+        self.done = True
+        self.stream = None
+        if not self.pending:
+            self.conn.forget(self)
+
+    def park_back(self, back: Back) -> None:
+        back.release()  # multiplexed clients share the pool
+
+    def take_parked(self, ep: Endpoint) -> Back | None:
+        return None
+
+    def flush(self) -> None:
+        self.conn.flush()
+
+    # -- deadlines ------------------------------------------------------------------
+    def check(self, now: float) -> None:
+        stream = self.stream
+        if stream is None or now < self.deadline:
+            return
+        ctx = self.conn.ctx
+        err: ProxyError
+        if now >= self.total_deadline:
+            err = ProxyError("total_timeout", status=504)
+        elif self.phase == BODY:
+            err = DownstreamError("body_timeout", status=408)
+        elif self.phase == WAIT_HEAD:
+            err = ProxyError("head_timeout", status=504)
+        else:
+            self.deadline = self.total_deadline
+            return
+        self.deadline = math.inf
+        ctx.reject(err.reason) if stream.response_started else None
+        stream.on_timeout(err)
+
+
+class H2Front(asyncio.Protocol):
+    """One HTTP/2 client connection (TLS with ALPN h2, or prior knowledge)."""
+
+    def __init__(
+        self,
+        ctx: L7Context,
+        admitted_ip: str | None = None,
+        preface: bytes = b"",
+        sni: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.sni = sni
+        self.pre_admitted = admitted_ip is not None
+        self.admitted = False
+        self.peer_ip = admitted_ip or ""
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2StreamFront] = {}
+        self.loop = asyncio.get_running_loop()
+        self.deadline = math.inf
+        self.closed = False
+        self.preface = preface
+        http = ctx.listener.http
+        sec = ctx.listener.h2_security
+        rt = ctx.config.runtime
+        self.codec = H2ServerCodec.from_config(
+            sec,
+            max_request_body_bytes=http.max_request_body_bytes,
+            max_headers=http.max_headers,
+            scheme=ctx.scheme,
+            underscore_policy=rt.header_underscore_policy,
+        )
+        self._streams_total = _STREAMS.labels(ctx.name)
+
+    # -- connection -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast("asyncio.Transport", transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if peer else self.peer_ip
+        ctx = self.ctx
+        if not self.pre_admitted and not ctx.admission.admit(ctx.name, self.peer_ip):
+            transport.abort()
+            return
+        self.admitted = True
+        self.transport = transport
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        transport.write(self.codec.initiate())
+        ctx.sweeper.add(self)
+        self.deadline = self.loop.time() + ctx.sweeper.interval
+        if self.preface:
+            data, self.preface = self.preface, b""
+            self.data_received(data)
+
+    def take_over(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Continue a connection whose first bytes (the HTTP/2 preface) an
+        HTTP/1.1 front saw: prior-knowledge HTTP/2 on a cleartext listener."""
+        self.pre_admitted = True
+        transport.set_protocol(self)
+        self.preface = data
+        self.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.closed = True
+        if self.admitted:
+            self.admitted = False
+            self.ctx.admission.release(self.ctx.name, self.peer_ip)
+            self.ctx.sweeper.discard(self)
+        streams, self.streams = self.streams, {}
+        for front in streams.values():
+            if front.stream is not None:
+                front.stream.on_front_closed()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.codec.feed(data, self.loop.time())
+        except H2ConnectionError as err:
+            self._connection_error(err)
+            return
+        self._dispatch(events)
+        self.flush()
+
+    def _dispatch(self, events: Sequence[tuple[int, object]]) -> None:
+        streams = self.streams
+        touched: list[Stream] = []
+        for sid, ev in events:
+            if isinstance(ev, Body):
+                front = streams.get(sid)
+                if front is None or front.stream is None:
+                    self.codec.ack_data(sid, len(ev.data))
+                    continue
+                stream = front.stream
+                if ev.end_stream:
+                    if front.phase == BODY:
+                        front.phase = WAIT_HEAD
+                        front.deadline = min(self.loop.time() + self.ctx.head_timeout, front.total_deadline)
+                elif front.phase == BODY:
+                    front.deadline = min(self.loop.time() + self.ctx.body_timeout, front.total_deadline)
+                stream.on_request_body(ev.data, ev.end_stream)
+                front.received(len(ev.data))
+            elif isinstance(ev, RequestHead):
+                self._on_head(sid, ev)
+            elif isinstance(ev, WindowOpened):
+                front = streams.get(sid)
+                if front is not None:
+                    front.window_opened()
+            elif isinstance(ev, Trailers):
+                front = streams.get(sid)
+                if front is not None and front.stream is not None:
+                    if front.phase == BODY:
+                        front.phase = WAIT_HEAD
+                        front.deadline = min(self.loop.time() + self.ctx.head_timeout, front.total_deadline)
+                    front.stream.on_request_trailers(ev.headers)
+            elif isinstance(ev, Reset):
+                front = streams.pop(sid, None)
+                if front is not None and front.stream is not None:
+                    front.stream.on_front_closed()
+            elif isinstance(ev, StreamRejected):
+                self.ctx.reject(ev.error.reason)
+                if ev.error.status:
+                    self.codec.send_local_reply(sid, ev.error.status, ev.error.reason)
+                    self.ctx.count_request("h2", ev.error.status)
+            elif isinstance(ev, GoAwayReceived):
+                pass  # the client is going away; its open streams finish
+            front = streams.get(sid)
+            if front is not None and front.stream is not None:
+                touched.append(front.stream)
+        # Upstream writes of this batch go out together, once per stream.
+        for stream in touched:
+            back = stream.back
+            if back is not None:
+                back.flush()
+
+    def _on_head(self, sid: int, head: RequestHead) -> None:
+        ctx = self.ctx
+        self._streams_total.value += 1
+        front = H2StreamFront(self, sid)
+        self.streams[sid] = front
+        now = self.loop.time()
+        front.total_deadline = now + ctx.total_timeout
+        if head.end_stream:
+            front.phase = WAIT_HEAD
+            front.deadline = min(now + ctx.head_timeout, front.total_deadline)
+        else:
+            front.phase = BODY
+            front.deadline = min(now + ctx.body_timeout, front.total_deadline)
+        stream = Stream(ctx, front, head, self.peer_ip, "h2")
+        front.stream = stream
+        problem = sni_mismatch(head, self.sni)
+        if problem is not None:
+            stream.fail(problem)
+            return
+        http = ctx.listener.http
+        stream.start(upstream_head(head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via))
+
+    def _connection_error(self, err: H2ConnectionError) -> None:
+        _CONN_ERRORS.labels(self.ctx.name, err.reason).inc()
+        log.warning("http/2 connection error", extra={"listener": self.ctx.name, "reason": err.reason})
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def forget(self, front: H2StreamFront) -> None:
+        if self.streams.get(front.sid) is front:
+            del self.streams[front.sid]
+
+    def flush(self) -> None:
+        data = self.codec.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    # -- backpressure from the client's socket ---------------------------------------------
+    def pause_writing(self) -> None:
+        for front in self.streams.values():
+            stream = front.stream
+            if stream is not None and stream.back is not None:
+                stream.back.pause_response()
+
+    def resume_writing(self) -> None:
+        for front in self.streams.values():
+            stream = front.stream
+            if stream is not None and stream.back is not None and not front.pending:
+                stream.back.resume_response()
+
+    # -- timers ------------------------------------------------------------------------------
+    def on_deadline(self, now: float) -> None:
+        try:
+            events = self.codec.check_timeouts(now)
+        except H2ConnectionError as err:
+            self._connection_error(err)
+            return
+        if events:
+            self._dispatch(events)
+        for front in list(self.streams.values()):
+            front.check(now)
+        self.flush()
+        self.deadline = now + self.ctx.sweeper.interval
+
+    def drain(self) -> None:
+        """Graceful shutdown: GOAWAY, let open streams finish."""
+        self.codec.shutdown(self.loop.time())
+        self.flush()
+        if not self.streams and self.transport is not None:
+            self.transport.close()
+
