@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .certs import make_cert
@@ -18,7 +19,7 @@ from .proxies import build
 from .proxies.base import Context, Front, Proxy, ProxyStartError, last_lines
 from .proxies.gateway import ExpressGateway, export_source
 from .scenarios import Env, Measurement, Scenario, by_name
-from .settings import HOST, PROXY_ADMIN_PORT, PROXY_PORT, RunOptions
+from .settings import ADMIN_PORT_OFFSET, HOST, RunOptions, proxy_port
 
 
 @dataclass
@@ -46,6 +47,8 @@ class RunRecord:
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
+
+_STARTS = itertools.count()
 
 REQUIRED_TOOLS = ("nginx", "wrk", "h2load", "taskset", "openssl")
 
@@ -121,12 +124,12 @@ def run_one(
     if reason:
         base.reason = reason
         return base
-    front = scenario.front()
+    front = replace(scenario.front(), port=proxy_port(next(_STARTS)))
     run_dir = Path(
         tempfile.mkdtemp(prefix=f"{proxy.name}-{scenario.name}-r{rnd}-", dir=env.work_dir)
     )
     ctx = Context(run_dir=run_dir, certs=env.certs, mode=env.mode, start_timeout=env.probe_deadline)
-    for port in (PROXY_PORT, PROXY_ADMIN_PORT):
+    for port in (front.port, front.port + ADMIN_PORT_OFFSET):
         wait_port_free(HOST, port)
     try:
         managed = start_with_retry(proxy, front, ctx)
@@ -141,6 +144,14 @@ def run_one(
             base.reason = f"{exc} {last_lines(managed.log_tail(), 1, 160)}".strip()
             sticky[(proxy.name, scenario.name)] = base.reason
             return base
+        if not managed.alive():
+            return Outcome(
+                scenario.name,
+                proxy.name,
+                rnd,
+                "error",
+                f"proxy exited after the probe: {last_lines(managed.log_tail())}",
+            )
         try:
             measurement = scenario.run(front, managed.pid, env)
         except LoadError as exc:

@@ -28,9 +28,16 @@ ORIGIN_H2C_PORT = PORT_BASE + 2
 UPLOAD_SINK_PORT = PORT_BASE + 3
 WS_ECHO_PORT = PORT_BASE + 4
 
-# Proxy under test.
+# Proxy under test. Each start takes the next port of a ring, so a listener never
+# binds a port that the previous proxy left with TIME_WAIT connections.
 PROXY_PORT = PORT_BASE
-PROXY_ADMIN_PORT = PORT_BASE + 110
+PROXY_PORT_RING = 40  # ports PORT_BASE + 20 ... PORT_BASE + 59
+ADMIN_PORT_OFFSET = 100  # our admin endpoint: proxy port + 100
+
+
+def proxy_port(start_number: int) -> int:
+    return PORT_BASE + 20 + start_number % PROXY_PORT_RING
+
 
 # Core layout in pinned mode: proxy on PROXY_CPU, everything else on LOAD_CPU.
 PROXY_CPU = 0

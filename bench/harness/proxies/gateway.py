@@ -16,8 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..procs import Managed, port_open
-from ..settings import HOST, PROXY_ADMIN_PORT, REPO_DIR
+from ..procs import Managed
+from ..settings import ADMIN_PORT_OFFSET, HOST, REPO_DIR
 from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Context, Front, Proxy, render
 
 SRC_DIR = REPO_DIR / "src"
@@ -144,7 +144,7 @@ class ExpressGateway(Proxy):
                 sections=sections(front, listen, ctx),
                 backend=front.backend,
                 backend_protocol=backend,
-                admin_port=PROXY_ADMIN_PORT,
+                admin_port=front.port + ADMIN_PORT_OFFSET,
             )
         )
         return [sys.executable, "-m", "expressgateway", str(cfg)], self._env()
@@ -158,7 +158,8 @@ class ExpressGateway(Proxy):
         return {"PYTHONPATH": f"{src}{os.pathsep}{path}" if path else src}
 
     def wait_ready(self, front: Front, managed: Managed, timeout: float) -> bool:
-        url = f"http://{HOST}:{PROXY_ADMIN_PORT}/readyz"
+        """Ready when GET /readyz on the admin endpoint answers 200 (all listeners up)."""
+        url = f"http://{HOST}:{front.port + ADMIN_PORT_OFFSET}/readyz"
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if not managed.alive():
@@ -168,8 +169,6 @@ class ExpressGateway(Proxy):
                     if resp.status == 200:
                         return True
             except (urllib.error.URLError, OSError):
-                # No admin endpoint yet: an open TCP listener is good enough.
-                if front.kind != H3 and port_open(front.host, front.port):
-                    return True
+                pass
             time.sleep(0.1)
         return False
