@@ -7,7 +7,7 @@ HTTP/3 work adds their connectors here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from expressgateway.upstream.endpoint import Endpoint
 from expressgateway.upstream.pool import Pool, open_connection, peer_key
@@ -15,17 +15,16 @@ from expressgateway.upstream.pool import Pool, open_connection, peer_key
 if TYPE_CHECKING:
     from expressgateway.proxy.context import L7Context
     from expressgateway.proxy.h1back import H1Back
+    from expressgateway.proxy.interfaces import Back
 
 
-class Connector:
-    def take(self, ctx: L7Context, ep: Endpoint) -> H1Back | None:
-        raise NotImplementedError
+class Connector(Protocol):
+    def take(self, ctx: L7Context, ep: Endpoint) -> Back | None: ...
 
-    async def connect(self, ctx: L7Context, ep: Endpoint) -> H1Back:
-        raise NotImplementedError
+    async def connect(self, ctx: L7Context, ep: Endpoint) -> Back: ...
 
 
-class H1Connector(Connector):
+class H1Connector:
     def take(self, ctx: L7Context, ep: Endpoint) -> H1Back | None:
         conn = ctx.pool.take(peer_key(ep))
         if conn is None:
@@ -50,6 +49,15 @@ class H1Connector(Connector):
 
 _H1 = H1Connector()
 CONNECTORS: dict[str, Connector] = {"tcp": _H1, "h1": _H1}
+
+
+def _register_h2() -> None:
+    from expressgateway.proxy.h2back import H2Connector
+
+    CONNECTORS["h2"] = H2Connector()
+
+
+_register_h2()
 
 
 def connector_for(ep: Endpoint) -> Connector:

@@ -27,6 +27,7 @@ from expressgateway.proxy.forwarding import VIA
 from expressgateway.upstream.endpoint import Endpoint
 
 if TYPE_CHECKING:
+    from expressgateway.proxy.connectors import Connector
     from expressgateway.proxy.interfaces import Back, Front
 
 log = logging.getLogger("expressgateway.access")
@@ -123,10 +124,7 @@ class Stream:
         self.front.pause_request()
         asyncio.get_running_loop().create_task(self._connect(connector, ep))
 
-    async def _connect(self, connector: object, ep: Endpoint) -> None:
-        from expressgateway.proxy.connectors import Connector
-
-        assert isinstance(connector, Connector)
+    async def _connect(self, connector: Connector, ep: Endpoint) -> None:
         try:
             back = await connector.connect(self.ctx, ep)
         except TimeoutError:

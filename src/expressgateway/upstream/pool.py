@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from expressgateway.io.tls import client_context
 from expressgateway.observability.metrics import REGISTRY
@@ -63,11 +63,13 @@ class Pool:
         self.max_age = max_age
         self.clock = clock
         self.idle: dict[PeerKey, list[Pooled]] = {}
+        #: shared HTTP/2 connections per peer (multiplexed: never "idle" in a list)
+        self.h2: dict[PeerKey, list[Any]] = {}
         self.total_idle = 0
-        self._ssl: dict[tuple[str, bool], ssl.SSLContext] = {}
+        self._ssl: dict[tuple[str, bool, tuple[str, ...]], ssl.SSLContext] = {}
 
     def ssl_context(self, ep: Endpoint, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
-        key = (ep.tls_ca_path or "", ep.tls_verify_peer)
+        key = (ep.tls_ca_path or "", ep.tls_verify_peer, alpn)
         ctx = self._ssl.get(key)
         if ctx is None:
             ctx = self._ssl[key] = client_context(
