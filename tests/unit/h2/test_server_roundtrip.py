@@ -314,3 +314,12 @@ def test_extended_connect_gives_a_tunnel() -> None:
     pair.client.send_data(sid, b"", end_stream=True)
     assert pair.to_server() == [(sid, Body(b"", True))]
     assert pair.codec.open_streams == 0
+
+
+def test_body_or_trailers_before_the_head_is_a_programming_error() -> None:
+    pair = ServerPair()
+    sid, _ = pair.request()
+    with pytest.raises(RuntimeError):
+        pair.codec.send_body(sid, b"x")
+    with pytest.raises(RuntimeError):
+        pair.codec.send_trailers(sid, [(b"a", b"b")])

@@ -192,6 +192,7 @@ class H2ClientCodec(H2Codec):
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, never_indexed(block), end_stream=end_stream)
         st = Stream(sid)
+        st.can_send = True
         st.tunnel = tunnel
         st.no_body = method == b"HEAD"
         self._streams[sid] = st

@@ -116,6 +116,7 @@ class Stream:
 
     __slots__ = (
         "blocked_since",
+        "can_send",
         "expected",
         "fresh",
         "head_sent",
@@ -137,6 +138,8 @@ class Stream:
         self.local_done = False
         #: server: the response head went out; client: a final response came
         self.head_sent = False
+        #: a head went out on our side: body and trailers may follow
+        self.can_send = False
         #: body octets received, and those not yet acknowledged by the shell
         self.received = 0
         self.unacked = 0
@@ -307,11 +310,17 @@ class H2Codec:
         when the connection must close."""
         if self._dead is not None:
             raise self._dead
-        self._last_recv = now
+        self._last_recv = self._now = now
         self._guard.tick(now)
+        out: Output = []
+        scanner = self._scanner
         try:
-            data = self._scanner.scan(data)
-            events = self._conn.receive_data(data) if data else []
+            data = scanner.scan(data)
+            if not scanner.goaways:
+                if data:
+                    self._process(self._conn.receive_data(data), out)
+            else:
+                self._feed_around_goaways(data, out)
         except FrameError as exc:
             self._fail(exc.code, exc.reason, exc.detail)
         except AbuseDetected as exc:
@@ -320,20 +329,28 @@ class H2Codec:
             self._fail(exc.code, exc.reason)
         except ProtocolError as exc:
             self._h2_failed(exc)
-        out: Output = []
-        dispatch = self._dispatch
-        self._now = now
-        try:
-            for ev in events:
-                handler = dispatch.get(type(ev))
-                if handler is not None:
-                    handler(ev, out)
-            if self._scanner.goaways:
-                self._on_goaways(out)
-        except AbuseDetected as exc:
-            self._fail(ENHANCE_YOUR_CALM, exc.reason)
         self._after_feed()
         return out
+
+    def _process(self, events: list[H2Event], out: Output) -> None:
+        dispatch = self._dispatch
+        for ev in events:
+            handler = dispatch.get(type(ev))
+            if handler is not None:
+                handler(ev, out)
+
+    def _feed_around_goaways(self, data: bytes, out: Output) -> None:
+        """GOAWAY frames were cut out of ``data``: handle each where it stood."""
+        goaways = self._scanner.goaways
+        pos = 0
+        for offset, last, code, debug in goaways:
+            if offset > pos:
+                self._process(self._conn.receive_data(data[pos:offset]), out)
+                pos = offset
+            self._on_goaway(last, code, debug, out)
+        goaways.clear()
+        if pos < len(data):
+            self._process(self._conn.receive_data(data[pos:]), out)
 
     def _after_feed(self) -> None:
         pass
@@ -415,6 +432,8 @@ class H2Codec:
         n = len(data)
         if st is None or st.local_done:
             return n
+        if not st.can_send:
+            raise RuntimeError("send_body() before the head")
         conn = self._conn
         if not n:
             if end_stream:
@@ -495,6 +514,8 @@ class H2Codec:
         st = self._streams.get(stream_id)
         if st is None or st.local_done:
             return
+        if not st.can_send:
+            raise RuntimeError("send_trailers() before the head")
         fields, _, _ = encode_fields(headers, FORBIDDEN_TRAILERS)
         if fields:
             self._conn.send_headers(stream_id, fields, end_stream=True)
@@ -640,12 +661,6 @@ class H2Codec:
         last = self._peer_highest()
         self._inject(goaway_frame(last, NO_ERROR))
         self._last_accepted = last
-
-    def _on_goaways(self, out: Output) -> None:
-        goaways = self._scanner.goaways
-        for last, code, debug in goaways:
-            self._on_goaway(last, code, debug, out)
-        goaways.clear()
 
     def _on_goaway(self, last: int, code: int, debug: bytes, out: Output) -> None:
         raise NotImplementedError

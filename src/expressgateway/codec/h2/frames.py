@@ -72,7 +72,9 @@ class FrameScanner:
     ``scan(data)`` returns the bytes to give h2 (``data`` itself in the
     common case) or raises :class:`~.errors.FrameError` /
     :class:`~.errors.AbuseDetected`. Complete GOAWAY frames are appended to
-    ``goaways`` as ``(last_stream_id, error_code, debug_data)``."""
+    ``goaways`` as ``(offset, last_stream_id, error_code, debug_data)``:
+    ``offset`` is where the frame stood in the returned bytes, so the codec
+    handles it in order with the frames around it."""
 
     __slots__ = (
         "_block_len",
@@ -117,7 +119,7 @@ class FrameScanner:
         self._block_len = 0
         self._conts = 0
         self._max_sid = 0
-        self.goaways: list[tuple[int, int, bytes]] = []
+        self.goaways: list[tuple[int, int, int, bytes]] = []
 
     def scan(self, data: bytes) -> bytes:
         if self._held:
@@ -141,7 +143,7 @@ class FrameScanner:
                 pieces = [data[:pos]] if pos else []
                 keep = pos + take
                 if not skip:
-                    self._goaway_done()
+                    self._goaway_done(pos)
             pos += take
             if skip:
                 return data if pieces is None else b"".join(pieces)
@@ -178,7 +180,7 @@ class FrameScanner:
                 self._capture = bytearray(data[pos + 9 : end])
                 if end <= n:
                     keep = end
-                    self._goaway_done()
+                    self._goaway_done(sum(map(len, pieces)))
                 else:
                     keep = n
             elif ftype == CONTINUATION:
@@ -278,12 +280,12 @@ class FrameScanner:
         if length < 8:
             raise FrameError(FRAME_SIZE_ERROR, "frame_size_error", "GOAWAY length")
 
-    def _goaway_done(self) -> None:
+    def _goaway_done(self, offset: int) -> None:
         body = self._capture
         assert body is not None
         self._capture = None
         last, code = _GOAWAY_HEAD.unpack_from(body)
-        self.goaways.append((last & 0x7FFFFFFF, code, bytes(body[8 : 8 + _MAX_DEBUG])))
+        self.goaways.append((offset, last & 0x7FFFFFFF, code, bytes(body[8 : 8 + _MAX_DEBUG])))
 
     @property
     def in_header_block(self) -> bool:

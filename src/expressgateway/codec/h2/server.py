@@ -380,7 +380,7 @@ class H2ServerCodec(H2Codec):
         if cl is not None and status != 204 and not (st.tunnel and status < 300):
             block.append((b"content-length", b"%d" % cl))
         self._conn.send_headers(stream_id, block, end_stream=head.end_stream)
-        st.head_sent = True
+        st.head_sent = st.can_send = True
         if head.end_stream:
             self._local_end(st)
 
