@@ -368,7 +368,9 @@ class H2Connector:
             pool = ctx.pool
             ssl_ctx = pool.ssl_context(ep, alpn=("h2",)) if ep.tls else None
             scheme = b"https" if ep.tls else b"http"
-            proto = await open_connection(lambda: H2Upstream(ctx, key, scheme), ep, ssl_ctx, ctx.connect_timeout)
+            proto = await open_connection(
+                lambda: H2Upstream(ctx, key, scheme), ep, ssl_ctx, ctx.connect_timeout
+            )
             conn = cast(H2Upstream, proto)
             pool.h2.setdefault(key, []).append(conn)
             pool.count_new()

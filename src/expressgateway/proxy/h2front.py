@@ -32,7 +32,8 @@ from expressgateway.core.events import (
     Trailers,
 )
 from expressgateway.observability.metrics import REGISTRY
-from expressgateway.proxy.checks import sni_mismatch
+from expressgateway.proxy import grpc
+from expressgateway.proxy.checks import is_grpc, sni_mismatch
 from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.stream import Stream
 from expressgateway.upstream.endpoint import Endpoint
@@ -51,6 +52,15 @@ _CONN_ERRORS = REGISTRY.counter(
 )
 _STREAMS = REGISTRY.counter("h2_streams_total", "HTTP/2 streams opened by clients.", ("listener",))
 
+#: gateway reasons with their own gRPC status (others use the HTTP map)
+_GRPC_REASONS = {
+    "grpc_bad_timeout": grpc.INVALID_ARGUMENT,
+    "total_timeout": grpc.DEADLINE_EXCEEDED,
+    "head_timeout": grpc.DEADLINE_EXCEEDED,
+}
+#: a health-check request message is tiny; anything bigger is not one
+HEALTH_BODY_CAP = 4096
+
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 #: streams waiting for a response head, body progress...: checked each sweep
@@ -64,6 +74,9 @@ class H2StreamFront:
         "conn",
         "deadline",
         "done",
+        "drop_body",
+        "grpc",
+        "health",
         "paused",
         "pending",
         "pending_end",
@@ -88,6 +101,12 @@ class H2StreamFront:
         self.deadline = math.inf
         self.total_deadline = math.inf
         self.done = False
+        #: a gRPC call with [listeners.grpc] handling
+        self.grpc = False
+        #: a non-200 answer became a trailers-only gRPC status: drop the body
+        self.drop_body = False
+        #: request body of a locally answered health check
+        self.health: bytearray | None = None
 
     # -- request side -----------------------------------------------------------
     def received(self, nbytes: int) -> None:
@@ -107,7 +126,9 @@ class H2StreamFront:
             self.conn.codec.ack_data(self.sid, n)
             self.conn.flush()
         if self.phase == BODY:
-            self.deadline = min(self.conn.loop.time() + self.conn.ctx.body_timeout, self.total_deadline)
+            self.deadline = min(
+                self.conn.loop.time() + self.conn.ctx.body_timeout, self.total_deadline
+            )
 
     # -- response side ------------------------------------------------------------
     def send_informational(self, info: Informational) -> None:
@@ -116,9 +137,15 @@ class H2StreamFront:
     def send_response_head(self, head: ResponseHead) -> None:
         self.phase = RESPONDING
         self.deadline = self.total_deadline
+        if self.grpc and head.status != 200:
+            code = grpc.HTTP_TO_GRPC.get(head.status, grpc.UNKNOWN)
+            head = grpc.trailers_only(code, f"upstream answered HTTP {head.status}")
+            self.drop_body = True
         self.conn.codec.send_response_head(self.sid, head)
 
     def send_body(self, data: bytes, end_stream: bool) -> None:
+        if self.drop_body:
+            return
         if self.pending:
             # Still waiting for window: the upstream is paused, this is at most
             # what it had already read.
@@ -152,16 +179,32 @@ class H2StreamFront:
             self.conn.forget(self)
 
     def send_trailers(self, headers: Headers) -> None:
+        if self.drop_body:
+            return
         if self.pending:
             self.pending_trailers = headers
             return
         self.conn.codec.send_trailers(self.sid, headers)
 
     def local_reply(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
+        if self.grpc:
+            code = _GRPC_REASONS.get(reason) or grpc.HTTP_TO_GRPC.get(status, grpc.UNKNOWN)
+            self.conn.codec.send_response_head(self.sid, grpc.trailers_only(code, reason))
+            return
         self.conn.codec.send_local_reply(self.sid, status, reason)
 
     def abort(self, reason: str) -> None:
         self.pending = b""
+        if self.grpc and reason == "total_timeout" and not self.drop_body:
+            # The head went out: end the call with its status, not a reset.
+            self.conn.codec.send_trailers(
+                self.sid,
+                [
+                    (b"grpc-status", b"%d" % grpc.DEADLINE_EXCEEDED),
+                    (b"grpc-message", b"deadline exceeded"),
+                ],
+            )
+            return
         self.conn.codec.reset_stream(self.sid, INTERNAL_ERROR)
 
     def stream_done(self) -> None:
@@ -290,13 +333,20 @@ class H2Front(asyncio.Protocol):
                 if front is None or front.stream is None:
                     self.codec.ack_data(sid, len(ev.data))
                     continue
+                if front.health is not None:
+                    self._health_body(front, ev.data, ev.end_stream)
+                    continue
                 stream = front.stream
                 if ev.end_stream:
                     if front.phase == BODY:
                         front.phase = WAIT_HEAD
-                        front.deadline = min(self.loop.time() + self.ctx.head_timeout, front.total_deadline)
+                        front.deadline = min(
+                            self.loop.time() + self.ctx.head_timeout, front.total_deadline
+                        )
                 elif front.phase == BODY:
-                    front.deadline = min(self.loop.time() + self.ctx.body_timeout, front.total_deadline)
+                    front.deadline = min(
+                        self.loop.time() + self.ctx.body_timeout, front.total_deadline
+                    )
                 stream.on_request_body(ev.data, ev.end_stream)
                 front.received(len(ev.data))
             elif isinstance(ev, RequestHead):
@@ -310,7 +360,9 @@ class H2Front(asyncio.Protocol):
                 if front is not None and front.stream is not None:
                     if front.phase == BODY:
                         front.phase = WAIT_HEAD
-                        front.deadline = min(self.loop.time() + self.ctx.head_timeout, front.total_deadline)
+                        front.deadline = min(
+                            self.loop.time() + self.ctx.head_timeout, front.total_deadline
+                        )
                     front.stream.on_request_trailers(ev.headers)
             elif isinstance(ev, Reset):
                 front = streams.pop(sid, None)
@@ -351,12 +403,80 @@ class H2Front(asyncio.Protocol):
         if problem is not None:
             stream.fail(problem)
             return
+        grpc_cfg = ctx.listener.grpc
+        if grpc_cfg is not None and grpc_cfg.enabled and is_grpc(head):
+            front.grpc = True
+            if grpc_cfg.health_synthesized and head.path == grpc.HEALTH_CHECK_PATH:
+                front.health = bytearray()
+                if head.end_stream:
+                    self._health_body(front, b"", True)
+                return
+            checked = self._grpc_deadline(front, head, float(grpc_cfg.max_deadline_seconds), now)
+            if checked is None:
+                return
+            head = checked
         http = ctx.listener.http
-        stream.start(upstream_head(head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via))
+        stream.start(
+            upstream_head(
+                head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via
+            )
+        )
+
+    def _grpc_deadline(
+        self, front: H2StreamFront, head: RequestHead, cap: float, now: float
+    ) -> RequestHead | None:
+        """Parse, clamp and rewrite ``grpc-timeout``; the call's deadline
+        becomes the stream's total deadline."""
+        headers = head.headers
+        for i, (name, value) in enumerate(headers):
+            if name != b"grpc-timeout":
+                continue
+            try:
+                seconds = grpc.parse_timeout(value)
+            except ValueError:
+                assert front.stream is not None
+                front.stream.fail(DownstreamError("grpc_bad_timeout", status=400))
+                return None
+            seconds = min(seconds, cap)
+            headers[i] = (name, grpc.format_timeout(seconds))
+            front.total_deadline = min(front.total_deadline, now + seconds)
+            front.deadline = min(front.deadline, front.total_deadline)
+            break
+        return head
+
+    def _health_body(self, front: H2StreamFront, data: bytes, end_stream: bool) -> None:
+        """Collect a Health/Check request and answer it here."""
+        assert front.health is not None
+        if data:
+            self.codec.ack_data(front.sid, len(data))
+        if len(front.health) + len(data) > HEALTH_BODY_CAP:
+            front.health = None
+            if front.stream is not None:
+                front.stream.fail(DownstreamError("grpc_health_too_large", status=400))
+            return
+        front.health += data
+        if not end_stream:
+            return
+        message, code = grpc.health_response(bytes(front.health))
+        front.health = None
+        codec = self.codec
+        if code == grpc.OK:
+            codec.send_response_head(
+                front.sid, ResponseHead(200, [(b"content-type", b"application/grpc")], False)
+            )
+            codec.send_body(front.sid, message, False)
+            codec.send_trailers(front.sid, [(b"grpc-status", b"0")])
+        else:
+            codec.send_response_head(front.sid, grpc.trailers_only(code, "unknown service"))
+        stream = front.stream
+        if stream is not None:
+            stream.finish_locally(200)
 
     def _connection_error(self, err: H2ConnectionError) -> None:
         _CONN_ERRORS.labels(self.ctx.name, err.reason).inc()
-        log.warning("http/2 connection error", extra={"listener": self.ctx.name, "reason": err.reason})
+        log.warning(
+            "http/2 connection error", extra={"listener": self.ctx.name, "reason": err.reason}
+        )
         self.flush()
         if self.transport is not None:
             self.transport.close()
@@ -403,4 +523,3 @@ class H2Front(asyncio.Protocol):
         self.flush()
         if not self.streams and self.transport is not None:
             self.transport.close()
-

@@ -304,6 +304,11 @@ class Stream:
         self.front.local_reply(err.status, err.reason)
         self._end(err.status)
 
+    def finish_locally(self, status: int) -> None:
+        """The front answered this request itself (e.g. a gRPC health check)."""
+        self.status = status
+        self._end(status)
+
     def on_timeout(self, err: ProxyError) -> None:
         """A front deadline passed (head, body or total timeout)."""
         if self.closed:
