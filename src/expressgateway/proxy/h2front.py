@@ -263,6 +263,7 @@ class H2Front(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.deadline = math.inf
         self.closed = False
+        self.draining = False
         self.preface = preface
         http = ctx.listener.http
         sec = ctx.listener.h2_security
@@ -484,6 +485,9 @@ class H2Front(asyncio.Protocol):
     def forget(self, front: H2StreamFront) -> None:
         if self.streams.get(front.sid) is front:
             del self.streams[front.sid]
+        if self.draining and not self.streams and self.transport is not None:
+            self.flush()
+            self.transport.close()
 
     def flush(self) -> None:
         data = self.codec.data_to_send()
@@ -519,6 +523,7 @@ class H2Front(asyncio.Protocol):
 
     def drain(self) -> None:
         """Graceful shutdown: GOAWAY, let open streams finish."""
+        self.draining = True
         self.codec.shutdown(self.loop.time())
         self.flush()
         if not self.streams and self.transport is not None:
