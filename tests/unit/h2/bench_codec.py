@@ -1,10 +1,12 @@
 """Micro-benchmark of the HTTP/2 codecs: ``python tests/unit/h2/bench_codec.py``.
 
 Not a test (pytest does not collect it). Prints CPU µs per request
-(process time): the server codec parsing a HEADERS frame of a typical GET
-and answering with a response head and 1 KiB of DATA; the same on a bare
-h2 connection for comparison; and the client codec sending a request and
-parsing a 1 KiB response."""
+(process time, best of 5 runs of 5000): the server codec parsing a HEADERS
+frame of a typical GET and answering with a response head and 1 KiB of
+DATA; the same exchange on a bare h2 connection (with and without h2's own
+header checks) for comparison; and the client codec sending a request and
+parsing a 1 KiB response. Almost all of the time is h2 and hpack (pure
+Python); the codecs' own work is about a tenth."""
 
 from __future__ import annotations
 
@@ -93,9 +95,18 @@ def server_codec() -> Callable[[], object]:
     return one
 
 
-def bare_h2() -> Callable[[], object]:
+def bare_h2(validate: bool = True) -> Callable[[], object]:
     wires, _, preface = _requests(N)
-    conn = _peer(False)
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=validate,
+            normalize_inbound_headers=validate,
+            validate_outbound_headers=validate,
+            normalize_outbound_headers=validate,
+        )
+    )
     conn.initiate_connection()
     conn.receive_data(preface)
     conn.outbound_flow_control_window = 2**31 - 1
@@ -166,6 +177,7 @@ def client_codec() -> Callable[[], object]:
 def main() -> None:
     bench("h2 server codec: HEADERS in -> head + 1 KiB DATA out", server_codec)
     bench("bare h2 connection, same exchange (h2's own checks)", bare_h2)
+    bench("bare h2 connection, same exchange (no header checks)", lambda: bare_h2(False))
     bench("h2 client codec: request out -> head + 1 KiB DATA in, ack", client_codec)
 
 

@@ -194,11 +194,21 @@ def test_head_response_with_content_length_has_no_body() -> None:
 
 
 def test_304_with_content_length_is_fine() -> None:
-    """h2 alone would call this a connection error."""
     pair = ClientPair()
     sid, _ = request(pair)
     respond(pair, sid, [(b":status", b"304"), (b"content-length", b"1000")])
     assert pair.to_client() == [(sid, ResponseHead(304, [], True, 1000))]
+
+
+def test_304_ended_by_an_empty_data_frame_is_fine() -> None:
+    """h2 alone would call this a connection error (test_h2_library)."""
+    pair = ClientPair()
+    sid, _ = request(pair)
+    respond(pair, sid, [(b":status", b"304"), (b"content-length", b"1000")], b"")
+    assert pair.to_client() == [
+        (sid, ResponseHead(304, [], False, 1000)),
+        (sid, Body(b"", True)),
+    ]
 
 
 def test_body_in_a_304_is_a_stream_error() -> None:

@@ -45,6 +45,13 @@ limit but keep going, or mix kinds.
 
 Credits are bounded (a counter never goes below ``-limit``), so a long
 download cannot bank an unlimited allowance.
+
+Elsewhere: CONTINUATION floods and oversized header blocks are stopped by
+the frame scanner (:mod:`.frames`), HPACK bombs by the decoder cap, streams
+beyond MAX_CONCURRENT_STREAMS and after the lifetime cap are refused by the
+server codec. Not counted: DATA/HEADERS on streams already closed, which h2
+answers one for one with RST_STREAM (bounded by the peer's own sending and
+by the shell's write backpressure).
 """
 
 from __future__ import annotations

@@ -84,7 +84,8 @@ class _HPACKDecoder(Decoder):
     - ``content-length`` is renamed to the :data:`CONTENT_LENGTH` object so
       h2 does not track body lengths itself: it would make a mismatch a
       connection error (RFC 9113 §8.1.1 asks for a stream error) and it
-      misreads 304 responses. The codecs track lengths per stream."""
+      expects DATA after a 304 that declares a length (when the stream ends
+      with an empty DATA frame). The codecs track lengths per stream."""
 
     def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
         try:

@@ -17,13 +17,18 @@ sockets; the only clock is the ``now`` the shell passes to ``feed`` and
    request; when ``error.status`` is set answer it with
    ``send_local_reply`` (or ``send_response_head`` ...). ``WindowOpened``
    says a stream blocked in ``send_body`` can take more. ``GoAwayReceived``
-   (stream 0) says the client is going away.
+   (stream 0) says the client is going away. A stream the client opens and
+   resets within one read is never reported (nothing was started for it);
+   it still counts as a rapid reset.
 3. Every body octet delivered must be acknowledged with
    ``ack_data(stream_id, n)`` once written on (or dropped): that is the only
    way the client gets flow-control credit back (backpressure).
 4. Answer with ``send_response_head`` (``send_informational`` for 1xx
    first), ``send_body`` (returns how much it took, see
    :mod:`.connection`), ``send_trailers``; ``reset_stream`` to abort.
+   Body or trailers before the head is a ``RuntimeError``; any call for a
+   stream that is over (reset, finished) is ignored (``send_body`` counts
+   the data as taken), since the shell may learn of the end only later.
 5. ``H2ConnectionError`` from ``feed``/``check_timeouts``: write
    ``data_to_send()`` (the GOAWAY) and close; every open stream is lost.
 6. Timers: call ``check_timeouts(now)`` by ``next_deadline()``.

@@ -53,7 +53,7 @@ surrounding whitespace, a value with CR/LF/NUL is dropped (counted).
 from __future__ import annotations
 
 import re
-from operator import countOf, itemgetter
+from operator import countOf, itemgetter, methodcaller
 from typing import Literal, NoReturn
 
 from hpack import HeaderTuple, NeverIndexedHeaderTuple
@@ -79,11 +79,12 @@ _SPECIAL_IN = CONNECTION_SPECIFIC | _CONSUMED | {b"te", b"host", b"content-lengt
 
 _first = itemgetter(0)
 _second = itemgetter(1)
+#: (``strip`` returns the very same object when there is nothing to strip,
+#: so comparing the lists is mostly identity checks)
+_strip_ws = methodcaller("strip", b" \t")
 
 _TOKEN_LC = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: a value that starts or ends with SP/HTAB, in values joined with "\n"
-_EDGE_WS = re.compile(rb"\A[ \t]|[ \t]\n|\n[ \t]|[ \t]\Z")
 _BAD_PATH = re.compile(rb"[^\x21-\x7e]")
 _SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+\-.]*")
 _SPLITTERS = b"\r\n\x00"
@@ -133,12 +134,13 @@ def check_values(headers: list[HeaderTuple] | Headers, size_cap: int) -> None:
     n = len(headers)
     if not n:
         return
-    values = b"\n".join(map(_second, headers))
-    if len(values) - len(values.translate(None, _SPLITTERS)) != n - 1:
-        _malformed("bad_header_value", "NUL, CR or LF in a field value")
-    if _EDGE_WS.search(values) is not None:
+    values = list(map(_second, headers))
+    if list(map(_strip_ws, values)) != values:
         _malformed("bad_header_value", "whitespace around a field value")
-    size = len(values) - n + 1 + len(b"".join(map(_first, headers))) + 32 * n
+    joined = b"\n".join(values)
+    if len(joined) - len(joined.translate(None, _SPLITTERS)) != n - 1:
+        _malformed("bad_header_value", "NUL, CR or LF in a field value")
+    size = len(joined) - n + 1 + sum(map(len, map(_first, headers))) + 32 * n
     if size > size_cap:
         raise StreamError("header_too_large", 431, f"header list of {size} octets")
 
@@ -438,10 +440,11 @@ def encode_fields(
     if not headers:
         return [], 0, None
     if drop is DROP_OUT and _GOOD_OUT.issuperset(map(_first, headers)):
-        values = b"\n".join(map(_second, headers))
+        values = list(map(_second, headers))
+        joined = b"\n".join(values)
         if (
-            len(values) - len(values.translate(None, _SPLITTERS)) == len(headers) - 1
-            and _EDGE_WS.search(values) is None
+            len(joined) - len(joined.translate(None, _SPLITTERS)) == len(headers) - 1
+            and list(map(_strip_ws, values)) == values
         ):
             return headers, 0, None
     return _encode_fields_slow(headers, drop, keep_te)
