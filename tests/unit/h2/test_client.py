@@ -524,3 +524,14 @@ def test_push_promise_is_a_connection_error() -> None:
     with pytest.raises(H2ConnectionError) as info:
         pair.codec.feed(wire, 1.0)
     assert info.value.code == PROTOCOL_ERROR
+
+
+def test_connection_lost_is_never_a_clean_end() -> None:
+    pair = ClientPair()
+    sid, _ = request(pair)
+    respond(pair, sid, [(b":status", b"200")], b"part", end=False)
+    pair.to_client()
+    assert pair.codec.connection_lost() == [
+        (sid, Reset(CANCEL, Source.UPSTREAM, "connection_lost"))
+    ]
+    assert not pair.codec.can_open_stream()

@@ -167,3 +167,19 @@ def test_defaults_match_the_security_config_defaults() -> None:
     assert codec.max_send_buf_size == cfg.max_send_buf_size
     assert codec._ka_interval == cfg.keep_alive_interval_ms / 1000
     assert codec._max_concurrent == cfg.max_concurrent_streams
+
+
+# -- transport loss -------------------------------------------------------------------
+
+
+def test_connection_lost_resets_every_unfinished_stream() -> None:
+    from expressgateway.core.events import CANCEL, Reset, Source
+
+    raw = RawClient()
+    codec = server()
+    codec.feed(raw.headers(1, BASIC) + raw.headers(3, BASIC, end_stream=False), 1.0)
+    codec.send_response_head(1, ResponseHead(200, [], True))
+    assert codec.connection_lost() == [(3, Reset(CANCEL, Source.DOWNSTREAM, "connection_lost"))]
+    assert codec.closed and codec.open_streams == 0
+    with pytest.raises(H2ConnectionError):
+        codec.feed(ping(), 2.0)

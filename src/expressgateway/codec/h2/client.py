@@ -28,7 +28,9 @@ Many exchanges share one connection. How the shell drives it:
    not processed: safe to retry on another connection.
 5. ``ack_data(stream_id, n)`` for every body octet written on downstream.
 6. ``H2ConnectionError`` (source UPSTREAM) from ``feed``/``check_timeouts``:
-   close; every open stream failed. ``ping(now)`` checks liveness (e.g.
+   close; every open stream failed. When the backend closes first,
+   ``connection_lost()`` returns ``Reset(CANCEL, UPSTREAM,
+   "connection_lost")`` for each unfinished stream. ``ping(now)`` checks liveness (e.g.
    before reusing an idle pooled connection); ``check_timeouts`` as on the
    server side.
 """

@@ -666,6 +666,19 @@ class H2Codec:
     def _on_goaway(self, last: int, code: int, debug: bytes, out: Output) -> None:
         raise NotImplementedError
 
+    def connection_lost(self) -> Output:
+        """The transport is gone (EOF, reset): every stream not finished
+        ends abnormally, ``Reset(CANCEL, source, "connection_lost")``, never
+        as a clean end. The codec is dead afterwards."""
+        out: Output = [
+            (sid, Reset(CANCEL, self._source, "connection_lost")) for sid in self._streams
+        ]
+        self._streams.clear()
+        self._blocked.clear()
+        if self._dead is None:
+            self._dead = H2ConnectionError(NO_ERROR, "connection_lost", source=self._source)
+        return out
+
     # -- state -------------------------------------------------------------------
 
     @property

@@ -31,6 +31,8 @@ sockets; the only clock is the ``now`` the shell passes to ``feed`` and
    the data as taken), since the shell may learn of the end only later.
 5. ``H2ConnectionError`` from ``feed``/``check_timeouts``: write
    ``data_to_send()`` (the GOAWAY) and close; every open stream is lost.
+   When the transport goes away first, ``connection_lost()`` returns a
+   ``Reset`` for each stream that had not finished.
 6. Timers: call ``check_timeouts(now)`` by ``next_deadline()``.
    ``shutdown(now)`` starts a graceful two-step GOAWAY; close when
    ``draining`` and ``open_streams == 0``.
