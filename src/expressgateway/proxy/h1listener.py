@@ -18,7 +18,7 @@ from expressgateway.upstream.pool import Pool
 
 _shared: dict[int, tuple[Sweeper, Pool]] = {}
 
-features.activate("websocket", "alt_svc")
+features.activate("websocket", "alt_svc", "h2_security", "h2_backend", "grpc")
 
 
 class _PoolReaper:
