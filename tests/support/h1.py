@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import httptools
 
 from tests.support.gateway import free_port, http_get, wait_port
+from tests.support.l4 import ThreadServer
 
 MiB = 1024 * 1024
 
@@ -277,60 +278,33 @@ def seen_headers(body: bytes) -> dict[str, list[str]]:
 # -- scripted backends ----------------------------------------------------------------------
 
 
-class ScriptedBackend:
-    """A TCP backend on a thread; ``handler(conn)`` runs for each connection.
-    Records every connection's bytes in ``received`` (in accept order)."""
+class ScriptedBackend(ThreadServer):
+    """A TCP backend on a thread; ``handler(conn, backend)`` runs for each
+    connection. Records every connection's bytes in ``received`` (in accept
+    order)."""
 
     def __init__(self, handler: Callable[[socket.socket, ScriptedBackend], None]) -> None:
-        self.handler = handler
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
+        super().__init__(handler)
         self.received: list[bytearray] = []
         self.closed: list[threading.Event] = []
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._conns: list[socket.socket] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
 
     def __enter__(self) -> ScriptedBackend:
-        self._acceptor.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._acceptor.join(5)
-        for c in self._conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-        for t in self._threads:
-            t.join(5)
-        self.sock.close()
 
     @property
     def connections(self) -> int:
         return len(self.received)
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._conns.append(conn)
-            self.received.append(bytearray())
-            self.closed.append(threading.Event())
-            t = threading.Thread(target=self._run, args=(conn, len(self.received) - 1), daemon=True)
-            self._threads.append(t)
-            t.start()
+    def _accepted(self, conn: socket.socket) -> tuple[object, ...]:
+        self.received.append(bytearray())
+        self.closed.append(threading.Event())
+        return (conn, len(self.received) - 1)
 
-    def _run(self, conn: socket.socket, index: int) -> None:
+    def _run(self, conn: socket.socket, index: int = 0) -> None:  # type: ignore[override]
         conn.settimeout(10)
         with contextlib.suppress(OSError):
-            self.handler(_Recording(conn, self.received[index]), self)  # type: ignore[arg-type]
+            self.handler(_Recording(conn, self.received[index]), self)
         self.closed[index].set()
 
 

@@ -86,7 +86,7 @@ def named_echo(name: str) -> Iterator[int]:
 class ThreadServer:
     """A listening TCP socket whose connections run ``handler`` on threads."""
 
-    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+    def __init__(self, handler: Callable[..., None]) -> None:
         self.handler = handler
         self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
         self.sock.settimeout(0.2)
@@ -120,9 +120,13 @@ class ThreadServer:
             except OSError:
                 return
             self._conns.append(conn)
-            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            t = threading.Thread(target=self._run, args=self._accepted(conn), daemon=True)
             self._threads.append(t)
             t.start()
+
+    def _accepted(self, conn: socket.socket) -> tuple[object, ...]:
+        """The arguments of ``_run`` for a new connection (subclasses add state)."""
+        return (conn,)
 
     def _run(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
