@@ -30,6 +30,14 @@ from expressgateway.core.events import (
 )
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.checks import is_grpc, sni_mismatch
+from expressgateway.proxy.clock import (
+    BODY,
+    IDLE,
+    WAIT_HEAD,
+    request_progress,
+    request_started,
+    response_started,
+)
 from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.h1back import H1Back
 from expressgateway.proxy.stream import Stream
@@ -55,7 +63,7 @@ _SLOW_POST = REGISTRY.counter(
 )
 
 # phases of the connection
-IDLE, BODY, WAIT_HEAD, RESPONDING, TUNNEL, CLOSING = range(6)
+TUNNEL, CLOSING = 4, 5  # after clock.IDLE, BODY, WAIT_HEAD, RESPONDING
 # reasons to stop reading the client (a bit each)
 P_CONNECT, P_BACKPRESSURE, P_PIPELINE = 1, 2, 4
 
@@ -210,19 +218,15 @@ class H1Front(asyncio.Protocol):
                 if stream is None:
                     continue
                 if ev.end_stream:
-                    if self.phase == BODY:
-                        self.phase = WAIT_HEAD
-                        self.deadline = min(self.loop.time() + self.ctx.head_timeout, self.total_deadline)
-                elif self.phase == BODY:
-                    self.deadline = min(self.loop.time() + self.ctx.body_timeout, self.total_deadline)
+                    request_progress(self, self.ctx, self.loop.time(), True)
+                else:
+                    request_progress(self, self.ctx, self.loop.time(), False)
                 stream.on_request_body(ev.data, ev.end_stream)
             elif isinstance(ev, RequestHead):
                 self._on_head(ev)
             elif isinstance(ev, Trailers):
                 if self.stream is not None:
-                    if self.phase == BODY:
-                        self.phase = WAIT_HEAD
-                        self.deadline = min(self.loop.time() + self.ctx.head_timeout, self.total_deadline)
+                    request_progress(self, self.ctx, self.loop.time(), True)
                     self.stream.on_request_trailers(ev.headers)
             elif isinstance(ev, TunnelData) and self.tunnel is not None:
                 self.tunnel.client_data(ev.data)
@@ -242,13 +246,7 @@ class H1Front(asyncio.Protocol):
         ctx = self.ctx
         now = self.loop.time()
         self.request_method = head.method
-        self.total_deadline = now + ctx.total_timeout
-        if head.end_stream:
-            self.phase = WAIT_HEAD
-            self.deadline = min(now + ctx.head_timeout, self.total_deadline)
-        else:
-            self.phase = BODY
-            self.deadline = min(now + ctx.body_timeout, self.total_deadline)
+        request_started(self, ctx, now, head.end_stream)
         stream = Stream(ctx, self, head, self.peer_ip, "h1")
         self.stream = stream
         problem = self._check(head)
@@ -317,8 +315,7 @@ class H1Front(asyncio.Protocol):
     def resume_request(self) -> None:
         self._resume(P_CONNECT | P_BACKPRESSURE)
         # Reading resumed: the body clock restarts (the wait was ours, not the client's).
-        if self.phase == BODY:
-            self.deadline = min(self.loop.time() + self.ctx.body_timeout, self.total_deadline)
+        request_progress(self, self.ctx, self.loop.time(), False)
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
@@ -370,8 +367,7 @@ class H1Front(asyncio.Protocol):
         self._wbuf.append(self.codec.encode_informational(info))
 
     def send_response_head(self, head: ResponseHead) -> None:
-        self.phase = RESPONDING
-        self.deadline = self.total_deadline
+        response_started(self)
         keep = self._keep_alive_after()
         self._wbuf.append(
             self.codec.encode_response_head(head, request_method=self.request_method, keep_alive=keep)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, cast
 from expressgateway.codec.h2.errors import H2ConnectionError
 from expressgateway.codec.h2.events import GoAwayReceived, StreamRejected, WindowOpened
 from expressgateway.codec.h2.server import H2ServerCodec
-from expressgateway.core.errors import DownstreamError, ProxyError
+from expressgateway.core.errors import DownstreamError
 from expressgateway.core.events import (
     INTERNAL_ERROR,
     Body,
@@ -34,6 +34,13 @@ from expressgateway.core.events import (
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy import grpc
 from expressgateway.proxy.checks import is_grpc, sni_mismatch
+from expressgateway.proxy.clock import (
+    IDLE,
+    expired,
+    request_progress,
+    request_started,
+    response_started,
+)
 from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.stream import Stream
 from expressgateway.upstream.endpoint import Endpoint
@@ -64,7 +71,6 @@ HEALTH_BODY_CAP = 4096
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 #: streams waiting for a response head, body progress...: checked each sweep
-IDLE, BODY, WAIT_HEAD, RESPONDING = range(4)
 
 
 class H2StreamFront:
@@ -125,18 +131,14 @@ class H2StreamFront:
             n, self.unacked = self.unacked, 0
             self.conn.codec.ack_data(self.sid, n)
             self.conn.flush()
-        if self.phase == BODY:
-            self.deadline = min(
-                self.conn.loop.time() + self.conn.ctx.body_timeout, self.total_deadline
-            )
+        request_progress(self, self.conn.ctx, self.conn.loop.time(), False)
 
     # -- response side ------------------------------------------------------------
     def send_informational(self, info: Informational) -> None:
         self.conn.codec.send_informational(self.sid, info)
 
     def send_response_head(self, head: ResponseHead) -> None:
-        self.phase = RESPONDING
-        self.deadline = self.total_deadline
+        response_started(self)
         if self.grpc and head.status != 200:
             code = grpc.HTTP_TO_GRPC.get(head.status, grpc.UNKNOWN)
             head = grpc.trailers_only(code, f"upstream answered HTTP {head.status}")
@@ -227,19 +229,13 @@ class H2StreamFront:
         stream = self.stream
         if stream is None or now < self.deadline:
             return
-        ctx = self.conn.ctx
-        err: ProxyError
-        if now >= self.total_deadline:
-            err = ProxyError("total_timeout", status=504)
-        elif self.phase == BODY:
-            err = DownstreamError("body_timeout", status=408)
-        elif self.phase == WAIT_HEAD:
-            err = ProxyError("head_timeout", status=504)
-        else:
+        err = expired(self, now)
+        if err is None:
             self.deadline = self.total_deadline
             return
         self.deadline = math.inf
-        ctx.reject(err.reason) if stream.response_started else None
+        if stream.response_started:
+            self.conn.ctx.reject(err.reason)
         stream.on_timeout(err)
 
 
@@ -338,16 +334,7 @@ class H2Front(asyncio.Protocol):
                     self._health_body(front, ev.data, ev.end_stream)
                     continue
                 stream = front.stream
-                if ev.end_stream:
-                    if front.phase == BODY:
-                        front.phase = WAIT_HEAD
-                        front.deadline = min(
-                            self.loop.time() + self.ctx.head_timeout, front.total_deadline
-                        )
-                elif front.phase == BODY:
-                    front.deadline = min(
-                        self.loop.time() + self.ctx.body_timeout, front.total_deadline
-                    )
+                request_progress(front, self.ctx, self.loop.time(), ev.end_stream)
                 stream.on_request_body(ev.data, ev.end_stream)
                 front.received(len(ev.data))
             elif isinstance(ev, RequestHead):
@@ -359,11 +346,7 @@ class H2Front(asyncio.Protocol):
             elif isinstance(ev, Trailers):
                 front = streams.get(sid)
                 if front is not None and front.stream is not None:
-                    if front.phase == BODY:
-                        front.phase = WAIT_HEAD
-                        front.deadline = min(
-                            self.loop.time() + self.ctx.head_timeout, front.total_deadline
-                        )
+                    request_progress(front, self.ctx, self.loop.time(), True)
                     front.stream.on_request_trailers(ev.headers)
             elif isinstance(ev, Reset):
                 front = streams.pop(sid, None)
@@ -391,13 +374,7 @@ class H2Front(asyncio.Protocol):
         front = H2StreamFront(self, sid)
         self.streams[sid] = front
         now = self.loop.time()
-        front.total_deadline = now + ctx.total_timeout
-        if head.end_stream:
-            front.phase = WAIT_HEAD
-            front.deadline = min(now + ctx.head_timeout, front.total_deadline)
-        else:
-            front.phase = BODY
-            front.deadline = min(now + ctx.body_timeout, front.total_deadline)
+        request_started(front, ctx, now, head.end_stream)
         stream = Stream(ctx, front, head, self.peer_ip, "h2")
         front.stream = stream
         problem = sni_mismatch(head, self.sni)
