@@ -357,11 +357,16 @@ class H2Connector:
 
     async def connect(self, ctx: L7Context, ep: Endpoint) -> H2StreamBack:
         key = ep.key
-        opening = self._opening.get(key)
-        if opening is not None:
-            conn = await asyncio.shield(opening)
-            if conn.usable():
-                return conn.new_back()
+        while True:
+            back = self.take(ctx, ep)
+            if back is not None:
+                return back
+            opening = self._opening.get(key)
+            if opening is None:
+                break
+            # Another request is opening a connection to this peer: wait for
+            # it, then look again (it may already be full).
+            await asyncio.shield(opening)
         fut: asyncio.Future[H2Upstream] = asyncio.get_running_loop().create_future()
         self._opening[key] = fut
         try:
