@@ -179,16 +179,31 @@ def test_grpc_on_an_http1_front_is_415(tls_files: dict[str, str]) -> None:
     assert resp.status_code == 415
 
 
-def test_grpc_example_config_checks(tls_files: dict[str, str], tmp_path: Path) -> None:
+def test_grpc_example_config_checks_and_serves_calls(
+    tls_files: dict[str, str], tmp_path: Path
+) -> None:
     import subprocess
     import sys
 
+    backend, admin, port = free_port(), free_port(), free_port()
     text = (REPO / "examples" / "h1s-grpc.toml").read_text()
     text = text.replace("/etc/expressgateway/cert.pem", tls_files["cert"])
     text = text.replace("/etc/expressgateway/key.pem", tls_files["key"])
+    text = text.replace("0.0.0.0:8443", f"127.0.0.1:{port}")
+    text = text.replace("127.0.0.1:50051", f"127.0.0.1:{backend}")
+    text = text.replace("127.0.0.1:9090", f"127.0.0.1:{admin}")
     cfg = tmp_path / "h1s-grpc.toml"
     cfg.write_text(text)
     out = subprocess.run(
         [sys.executable, "-m", "expressgateway", "check", str(cfg)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+    server = _server(backend)
+    try:
+        with gateway(text, admin_port=admin):
+            creds = grpc.ssl_channel_credentials(Path(tls_files["ca"]).read_bytes())
+            with grpc.secure_channel(f"localhost:{port}", creds, options=OPTIONS) as ch:
+                unary = ch.unary_unary("/echo.Echo/Unary", _ident, _ident)
+                assert unary(b"from the example", timeout=10) == b"from the example"
+    finally:
+        server.stop(0)
