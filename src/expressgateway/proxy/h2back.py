@@ -227,7 +227,10 @@ class H2Upstream(asyncio.Protocol):
         self.idle_since = self.created
         self.closed = False
         self.used = False
+        #: the server's preface (a SETTINGS frame, RFC 9113 §3.4) has arrived
+        self.settings_seen = False
         self.loop = asyncio.get_running_loop()
+        self.settings_ready: asyncio.Future[None] = self.loop.create_future()
         self.deadline = math.inf
 
     def usable(self) -> bool:
@@ -235,6 +238,9 @@ class H2Upstream(asyncio.Protocol):
             self.transport is not None
             and not self.closed
             and not self.transport.is_closing()
+            # Until the peer's SETTINGS arrive its stream limit is unknown (h2
+            # would assume 100): one stream only, so none gets REFUSED_STREAM.
+            and (self.settings_seen or not self.streams)
             and self.codec.can_open_stream()
             and time.monotonic() - self.created < self.ctx.pool.max_age
         )
@@ -262,6 +268,9 @@ class H2Upstream(asyncio.Protocol):
         except H2ConnectionError as err:
             self._fail(err.reason)
             return
+        if not self.settings_seen:
+            self.settings_seen = True
+            self.settings_ready.set_result(None)
         touched: list[Stream] = []
         streams = self.streams
         for sid, ev in events:
@@ -293,6 +302,8 @@ class H2Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.closed = True
+        if not self.settings_ready.done():
+            self.settings_ready.set_result(None)
         self.ctx.sweeper.discard(self)
         registry = self.ctx.pool.h2.get(self.key)
         if registry is not None and self in registry:
@@ -357,16 +368,25 @@ class H2Connector:
 
     async def connect(self, ctx: L7Context, ep: Endpoint) -> H2StreamBack:
         key = ep.key
+        waited: set[H2Upstream] = set()
         while True:
             back = self.take(ctx, ep)
             if back is not None:
                 return back
             opening = self._opening.get(key)
-            if opening is None:
+            if opening is not None:
+                # Another request is opening a connection to this peer: wait
+                # for it, then look again (it may already be full).
+                await asyncio.shield(opening)
+                continue
+            # A fresh connection whose SETTINGS have not arrived yet may have
+            # room: wait for them once rather than open another connection.
+            conns: list[H2Upstream] = ctx.pool.h2.get(key, [])
+            young = [c for c in conns if not c.settings_seen and not c.closed and c not in waited]
+            if not young:
                 break
-            # Another request is opening a connection to this peer: wait for
-            # it, then look again (it may already be full).
-            await asyncio.shield(opening)
+            waited.update(young)
+            await asyncio.wait([c.settings_ready for c in young], timeout=ctx.connect_timeout)
         fut: asyncio.Future[H2Upstream] = asyncio.get_running_loop().create_future()
         self._opening[key] = fut
         try:
