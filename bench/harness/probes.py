@@ -7,6 +7,7 @@ Each probe raises ProbeError with a short reason; `until_ok` retries until a dea
 from __future__ import annotations
 
 import http.client
+import json
 import subprocess
 import sys
 import time
@@ -148,5 +149,10 @@ def h3_get(front: Front) -> None:
         timeout=30,
         check=False,
     )
-    if '"requests": 0' in proc.stdout or proc.returncode != 0:
-        raise ProbeError(f"h3: {(proc.stdout + proc.stderr).strip()[-200:]}")
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ProbeError(f"h3 client failed: {proc.stderr.strip()[-200:]}") from None
+    if not result.get("requests"):
+        detail = "; ".join(result.get("error_detail") or ["no response"])
+        raise ProbeError(f"h3: {detail[:200]}")
