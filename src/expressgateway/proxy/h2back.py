@@ -35,6 +35,7 @@ from expressgateway.core.events import (
     Trailers,
 )
 from expressgateway.io.sockets import configure_upstream
+from expressgateway.proxy.h2outbox import Outbox
 from expressgateway.upstream.endpoint import Endpoint
 from expressgateway.upstream.pool import PeerKey, open_connection
 
@@ -54,10 +55,8 @@ class H2StreamBack:
     __slots__ = (
         "conn",
         "head_seen",
+        "outbox",
         "paused",
-        "pending",
-        "pending_end",
-        "pending_trailers",
         "reused",
         "sid",
         "stream",
@@ -71,9 +70,7 @@ class H2StreamBack:
         self.stream: Stream | None = None
         self.paused = False
         self.unacked = 0
-        self.pending = b""
-        self.pending_end = False
-        self.pending_trailers: Headers | None = None
+        self.outbox = Outbox()
         self.head_seen = False
 
     # -- Back interface --------------------------------------------------------------
@@ -95,38 +92,16 @@ class H2StreamBack:
     def send_body(self, data: bytes, end_stream: bool) -> None:
         if not self.sid:
             return
-        if self.pending:
-            self.pending += data
-            self.pending_end = end_stream
-            return
-        sent = self.conn.codec.send_body(self.sid, data, end_stream)
-        if sent < len(data):
-            self.pending = data[sent:]
-            self.pending_end = end_stream
-            if self.stream is not None:
-                self.stream.front.pause_request()
+        sent_all = self.outbox.send_body(self.conn.codec, self.sid, data, end_stream)
+        if not sent_all and self.stream is not None:
+            self.stream.front.pause_request()
 
     def send_trailers(self, headers: Headers) -> None:
-        if not self.sid:
-            return
-        if self.pending:
-            self.pending_trailers = headers
-            return
-        self.conn.codec.send_trailers(self.sid, headers)
+        if self.sid:
+            self.outbox.send_trailers(self.conn.codec, self.sid, headers)
 
     def window_opened(self) -> None:
-        if not self.pending:
-            return
-        data, self.pending = self.pending, b""
-        end = self.pending_end and self.pending_trailers is None
-        sent = self.conn.codec.send_body(self.sid, data, end)
-        if sent < len(data):
-            self.pending = data[sent:]
-            return
-        if self.pending_trailers is not None:
-            trailers, self.pending_trailers = self.pending_trailers, None
-            self.conn.codec.send_trailers(self.sid, trailers)
-        if self.stream is not None:
+        if self.outbox.window_opened(self.conn.codec, self.sid) and self.stream is not None:
             self.stream.front.resume_request()
 
     def pause_response(self) -> None:
@@ -296,7 +271,7 @@ class H2Upstream(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         for back in self.streams.values():
-            if back.stream is not None and not back.pending:
+            if back.stream is not None and not back.outbox:
                 back.stream.front.resume_request()
 
     def connection_lost(self, exc: Exception | None) -> None:

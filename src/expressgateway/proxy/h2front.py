@@ -42,6 +42,7 @@ from expressgateway.proxy.clock import (
     response_started,
 )
 from expressgateway.proxy.forwarding import upstream_head
+from expressgateway.proxy.h2outbox import Outbox
 from expressgateway.proxy.stream import Stream
 from expressgateway.upstream.endpoint import Endpoint
 
@@ -83,10 +84,8 @@ class H2StreamFront:
         "drop_body",
         "grpc",
         "health",
+        "outbox",
         "paused",
-        "pending",
-        "pending_end",
-        "pending_trailers",
         "phase",
         "sid",
         "stream",
@@ -100,9 +99,7 @@ class H2StreamFront:
         self.stream: Stream | None = None
         self.paused = False
         self.unacked = 0
-        self.pending = b""
-        self.pending_end = False
-        self.pending_trailers: Headers | None = None
+        self.outbox = Outbox()
         self.phase = IDLE
         self.deadline = math.inf
         self.total_deadline = math.inf
@@ -148,32 +145,14 @@ class H2StreamFront:
     def send_body(self, data: bytes, end_stream: bool) -> None:
         if self.drop_body:
             return
-        if self.pending:
-            # Still waiting for window: the upstream is paused, this is at most
-            # what it had already read.
-            self.pending += data
-            self.pending_end = end_stream
-            return
-        sent = self.conn.codec.send_body(self.sid, data, end_stream)
-        if sent < len(data):
-            self.pending = data[sent:]
-            self.pending_end = end_stream
+        if not self.outbox.send_body(self.conn.codec, self.sid, data, end_stream):
             stream = self.stream
             if stream is not None and stream.back is not None:
                 stream.back.pause_response()
 
     def window_opened(self) -> None:
-        if not self.pending:
+        if not self.outbox.window_opened(self.conn.codec, self.sid):
             return
-        data, self.pending = self.pending, b""
-        end = self.pending_end
-        sent = self.conn.codec.send_body(self.sid, data, end and self.pending_trailers is None)
-        if sent < len(data):
-            self.pending = data[sent:]
-            return
-        if self.pending_trailers is not None:
-            trailers, self.pending_trailers = self.pending_trailers, None
-            self.conn.codec.send_trailers(self.sid, trailers)
         stream = self.stream
         if stream is not None and stream.back is not None:
             stream.back.resume_response()
@@ -181,12 +160,8 @@ class H2StreamFront:
             self.conn.forget(self)
 
     def send_trailers(self, headers: Headers) -> None:
-        if self.drop_body:
-            return
-        if self.pending:
-            self.pending_trailers = headers
-            return
-        self.conn.codec.send_trailers(self.sid, headers)
+        if not self.drop_body:
+            self.outbox.send_trailers(self.conn.codec, self.sid, headers)
 
     def local_reply(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
         if self.grpc:
@@ -196,7 +171,7 @@ class H2StreamFront:
         self.conn.codec.send_local_reply(self.sid, status, reason)
 
     def abort(self, reason: str) -> None:
-        self.pending = b""
+        self.outbox.clear()
         if self.grpc and reason == "total_timeout" and not self.drop_body:
             # The head went out: end the call with its status, not a reset.
             self.conn.codec.send_trailers(
@@ -212,7 +187,7 @@ class H2StreamFront:
     def stream_done(self) -> None:
         self.done = True
         self.stream = None
-        if not self.pending:
+        if not self.outbox:
             self.conn.forget(self)
 
     def park_back(self, back: Back) -> None:
@@ -481,7 +456,7 @@ class H2Front(asyncio.Protocol):
     def resume_writing(self) -> None:
         for front in self.streams.values():
             stream = front.stream
-            if stream is not None and stream.back is not None and not front.pending:
+            if stream is not None and stream.back is not None and not front.outbox:
                 stream.back.resume_response()
 
     # -- timers ------------------------------------------------------------------------------
