@@ -138,38 +138,43 @@ def run_one(
         base.reason = str(exc)
         return base
     try:
-        try:
-            scenario.probe(front, env)
-        except Exception as exc:  # ProbeError, or anything a client library raised
-            base.reason = f"{exc} {last_lines(managed.log_tail(), 1, 160)}".strip()
-            sticky[(proxy.name, scenario.name)] = base.reason
-            return base
-        if not managed.alive():
-            return Outcome(
-                scenario.name,
-                proxy.name,
-                rnd,
-                "error",
-                f"proxy exited after the probe: {last_lines(managed.log_tail())}",
-            )
-        try:
-            measurement = scenario.run(front, managed.pid, env)
-        except LoadError as exc:
-            return Outcome(scenario.name, proxy.name, rnd, "error", str(exc))
-        except Exception as exc:  # keep the other proxies' numbers; report this one
-            return Outcome(scenario.name, proxy.name, rnd, "error", f"{type(exc).__name__}: {exc}")
-        if not managed.alive():
-            return Outcome(
-                scenario.name,
-                proxy.name,
-                rnd,
-                "error",
-                f"proxy exited: {last_lines(managed.log_tail())}",
-            )
-        return Outcome(scenario.name, proxy.name, rnd, "ok", measurement=measurement)
+        return probe_and_measure(scenario, proxy.name, rnd, managed, front, env, sticky)
     finally:
         stop(managed)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def probe_and_measure(
+    scenario: Scenario,
+    proxy_name: str,
+    rnd: int,
+    managed: Managed,
+    front: Front,
+    env: Env,
+    sticky: dict[tuple[str, str], str],
+) -> Outcome:
+    """One real request through the proxy, then the measured load; never raises."""
+
+    def outcome(status: str, reason: str = "", m: Measurement | None = None) -> Outcome:
+        return Outcome(scenario.name, proxy_name, rnd, status, reason, m)
+
+    try:
+        scenario.probe(front, env)
+    except Exception as exc:  # ProbeError, or anything a client library raised
+        reason = f"{exc} {last_lines(managed.log_tail(), 1, 160)}".strip()
+        sticky[(proxy_name, scenario.name)] = reason
+        return outcome("n/a", reason)
+    if not managed.alive():
+        return outcome("error", f"proxy exited after the probe: {last_lines(managed.log_tail())}")
+    try:
+        measurement = scenario.run(front, managed.pid, env)
+    except LoadError as exc:
+        return outcome("error", str(exc))
+    except Exception as exc:  # keep the other proxies' numbers; report this one
+        return outcome("error", f"{type(exc).__name__}: {exc}")
+    if not managed.alive():
+        return outcome("error", f"proxy exited: {last_lines(managed.log_tail())}")
+    return outcome("ok", m=measurement)
 
 
 def start_with_retry(proxy: Proxy, front: Front, ctx: Context, attempts: int = 3) -> Managed:
