@@ -184,6 +184,7 @@ def all_scenarios() -> list[Scenario]:
             unit="msg",
             backend_port=WS_ECHO_PORT,
             probe=_probe_ws,
+            websocket=True,
         ),
         Throughput(
             "grpc_unary",
