@@ -34,7 +34,9 @@ def wait_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None
     raise TimeoutError(f"nothing listening on {host}:{port}")
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -135,7 +137,9 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(config: str, *, admin_port: int | None = None, env: dict[str, str] | None = None) -> Iterator[Gateway]:
+def gateway(
+    config: str, *, admin_port: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[Gateway]:
     """Start a gateway from TOML text; stop it after, and insist it stopped cleanly."""
     with tempfile.TemporaryDirectory(prefix="eg-test-") as tmp:
         gw = Gateway(config, admin_port=admin_port, workdir=Path(tmp))

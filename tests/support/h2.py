@@ -17,18 +17,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import h2.config
 import h2.connection
@@ -46,8 +41,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from tests.support.gateway import free_port, wait_port
-from tests.support.processes import nginx_binary
+from tests.support.l4 import ThreadServer
+from tests.support.processes import run_nginx
 
 MiB = 1024 * 1024
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -164,48 +159,27 @@ def nginx_h2_origin(
     body the gateway sent). After ``keepalive_requests`` streams on one
     connection nginx sends GOAWAY; it advertises
     ``max_concurrent_streams``."""
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="eg-nginx-h2-") as tmp:
-        os.chmod(tmp, 0o755)  # nginx workers run as nobody when started as root
-        www = Path(tmp) / "www"
-        www.mkdir()
-        os.chmod(www, 0o755)
-        for name, data in (files or {}).items():
-            (www / name).write_bytes(data)
-            os.chmod(www / name, 0o644)
-        tls = ""
-        listen = "http2"
-        if tls_files is not None:
-            listen = "ssl http2"
-            tls = f"ssl_certificate {tls_files['cert']};\n        ssl_certificate_key {tls_files['key']};"
-        conf = Path(tmp) / "nginx.conf"
-        conf.write_text(
-            NGINX_H2_CONF.format(
-                dir=tmp,
-                port=port,
-                listen=listen,
-                tls=tls,
-                origin=origin_port,
-                keepalive_requests=keepalive_requests,
-                max_streams=max_concurrent_streams,
-            )
+    tls = ""
+    listen = "http2"
+    if tls_files is not None:
+        listen = "ssl http2"
+        tls = (
+            f"ssl_certificate {tls_files['cert']};\n        ssl_certificate_key {tls_files['key']};"
         )
-        proc = subprocess.Popen(
-            [nginx_binary(), "-c", str(conf), "-p", tmp], stderr=subprocess.PIPE
+
+    def conf_for(tmp: str, port: int) -> str:
+        return NGINX_H2_CONF.format(
+            dir=tmp,
+            port=port,
+            listen=listen,
+            tls=tls,
+            origin=origin_port,
+            keepalive_requests=keepalive_requests,
+            max_streams=max_concurrent_streams,
         )
-        try:
-            wait_port(port)
-            yield port
-        finally:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            finally:
-                assert proc.stderr is not None
-                proc.stderr.close()
+
+    with run_nginx(conf_for, files) as port:
+        yield port
 
 
 # -- command-line clients ---------------------------------------------------------------------
@@ -489,7 +463,7 @@ class RawH2:
 # -- a scripted HTTP/2 backend ------------------------------------------------------------------
 
 
-class H2Backend:
+class H2Backend(ThreadServer):
     """An h2c backend on a thread (h2 library), one thread per connection.
     Paths: ``/ok`` 200 "ok"; ``/reset-before-head`` RST_STREAM
     INTERNAL_ERROR without a head; ``/reset-mid-body`` head, 5 bytes of
@@ -498,46 +472,22 @@ class H2Backend:
     processed) and a close; on later ones 200 "ok". Anything else 404. ``requests`` logs ``(connection, path)``."""
 
     def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.sock.settimeout(0.2)
-        self.port = int(self.sock.getsockname()[1])
+        super().__init__(self._serve)
         self.requests: list[tuple[int, str]] = []
         self.resets: list[tuple[int, int, int]] = []
         self._refused = False
         self.connections = 0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._conns: list[socket.socket] = []
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True)
 
     def __enter__(self) -> H2Backend:
-        self._acceptor.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._acceptor.join(5)
-        for c in self._conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
-            c.close()
-        for t in self._threads:
-            t.join(5)
-        self.sock.close()
+    def _accepted(self, conn: socket.socket) -> tuple[object, ...]:
+        self.connections += 1
+        return (conn, self.connections)
 
-    def _accept_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self._conns.append(conn)
-            self.connections += 1
-            t = threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True)
-            self._threads.append(t)
-            t.start()
+    def _run(self, conn: socket.socket, number: int = 0) -> None:  # type: ignore[override]
+        self._serve(conn, number)
 
     def _serve(self, sock: socket.socket, index: int) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))

@@ -62,7 +62,9 @@ class Origin(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError:
-            self.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            self.write(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
             self.close()
 
     def write(self, data: bytes) -> None:
@@ -87,7 +89,9 @@ class Origin(asyncio.Protocol):
         method = self.parser.get_method()
         if method == b"POST" and path == "/echo":
             self.echo = True
-            self.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/octet-stream\r\n\r\n")
+            self.write(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: application/octet-stream\r\n\r\n"
+            )
         elif path == "/sink" or path.startswith("/continue"):
             self.sink = True
             if path.startswith("/continue") and any(
@@ -109,7 +113,9 @@ class Origin(asyncio.Protocol):
         if self.echo:
             self.write(b"0\r\n\r\n")
         elif self.sink:
-            self.respond(200, json.dumps({"bytes": self.body_size, "sha256": self.sha.hexdigest()}).encode())
+            self.respond(
+                200, json.dumps({"bytes": self.body_size, "sha256": self.sha.hexdigest()}).encode()
+            )
         else:
             asyncio.get_running_loop().create_task(self.route(method, path, list(self.headers)))
         if not keep and (self.echo or self.sink):
@@ -157,7 +163,9 @@ class Origin(asyncio.Protocol):
                 {
                     "method": method.decode(),
                     "path": path,
-                    "headers": [[n.decode("latin-1").lower(), v.decode("latin-1")] for n, v in headers],
+                    "headers": [
+                        [n.decode("latin-1").lower(), v.decode("latin-1")] for n, v in headers
+                    ],
                 }
             ).encode()
             self.respond(200, body, b"content-type: application/json\r\n")
@@ -206,7 +214,9 @@ async def main() -> None:
     if len(sys.argv) > 2 and sys.argv[2] == "--tls":
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(sys.argv[3], sys.argv[4])
-    server = await asyncio.get_running_loop().create_server(Origin, "127.0.0.1", port, ssl=ctx, reuse_address=True)
+    server = await asyncio.get_running_loop().create_server(
+        Origin, "127.0.0.1", port, ssl=ctx, reuse_address=True
+    )
     async with server:
         await server.serve_forever()
 

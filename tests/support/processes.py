@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.support.gateway import free_port, wait_port
@@ -93,18 +93,25 @@ def nginx_binary() -> str:
 
 
 @contextlib.contextmanager
-def nginx_origin(files: dict[str, bytes] | None = None) -> Iterator[int]:
-    """A real nginx serving static files and a couple of fixed answers."""
+def run_nginx(
+    conf_for: Callable[[str, int], str], files: dict[str, bytes] | None = None
+) -> Iterator[int]:
+    """Run a real nginx on a free port with ``conf_for(workdir, port)`` as its
+    config and ``files`` in ``workdir/www``; stop it (and its pipes) after."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="eg-nginx-") as tmp:
         os.chmod(tmp, 0o755)  # nginx workers run as nobody when started as root
         www = Path(tmp) / "www"
         www.mkdir()
+        os.chmod(www, 0o755)
         for name, data in (files or {}).items():
             (www / name).write_bytes(data)
+            os.chmod(www / name, 0o644)
         conf = Path(tmp) / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=tmp, port=port))
-        proc = subprocess.Popen([nginx_binary(), "-c", str(conf), "-p", tmp], stderr=subprocess.PIPE)
+        conf.write_text(conf_for(tmp, port))
+        proc = subprocess.Popen(
+            [nginx_binary(), "-c", str(conf), "-p", tmp], stderr=subprocess.PIPE
+        )
         try:
             wait_port(port)
             yield port
@@ -118,3 +125,10 @@ def nginx_origin(files: dict[str, bytes] | None = None) -> Iterator[int]:
             finally:
                 assert proc.stderr is not None
                 proc.stderr.close()
+
+
+@contextlib.contextmanager
+def nginx_origin(files: dict[str, bytes] | None = None) -> Iterator[int]:
+    """A real nginx serving static files and a couple of fixed answers."""
+    with run_nginx(lambda tmp, port: NGINX_CONF.format(dir=tmp, port=port), files) as port:
+        yield port

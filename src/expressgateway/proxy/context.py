@@ -45,6 +45,11 @@ RETRIES = REGISTRY.counter(
 )
 
 
+def status_class(status: int) -> str:
+    """``2xx``..``5xx``, or ``error`` when no HTTP status was given (e.g. reset)."""
+    return f"{status // 100}xx" if 100 <= status < 600 else "error"
+
+
 @dataclass
 class L7Context:
     name: str
@@ -62,7 +67,6 @@ class L7Context:
     route: str = ""
     draining: bool = False
     _status_children: dict[tuple[str, int], Any] = field(default_factory=dict)
-    _backend_children: dict[tuple[str, int], Any] = field(default_factory=dict)
     _records: dict[tuple[str, str, int], tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,14 +79,13 @@ class L7Context:
         self.max_keepalive = self.config.runtime.max_keepalive_requests
         self.via = http.via
         self.inflight = INFLIGHT.labels(self.name)
-        self.duration: dict[str, Any] = {}
 
     def count(self, version: str, backend: str, status: int, elapsed: float) -> None:
         """Count one finished request: requests, backend requests, duration."""
         key = (version, backend, status // 100)
         rec = self._records.get(key)
         if rec is None:
-            cls = f"{status // 100}xx" if 100 <= status < 600 else "error"
+            cls = status_class(status)
             rec = self._records[key] = (
                 REQUESTS.labels(self.name, self.route, version, cls),
                 BACKEND_REQUESTS.labels(self.name, backend, cls) if backend else None,
@@ -94,10 +97,11 @@ class L7Context:
         rec[2].observe(elapsed)
 
     def count_request(self, version: str, status: int) -> None:
+        """Count a request the gateway answered before any stream began."""
         key = (version, status // 100)
         child = self._status_children.get(key)
         if child is None:
-            cls = f"{status // 100}xx" if 100 <= status < 600 else "other"
+            cls = status_class(status)
             child = self._status_children[key] = REQUESTS.labels(self.name, self.route, version, cls)
         child.value += 1
 
@@ -107,20 +111,6 @@ class L7Context:
             drain = getattr(member, "drain", None)
             if drain is not None and getattr(member, "ctx", None) is self:
                 drain()
-
-    def count_backend(self, backend: str, status: int) -> None:
-        key = (backend, status // 100)
-        child = self._backend_children.get(key)
-        if child is None:
-            cls = f"{status // 100}xx" if 100 <= status < 600 else "error"
-            child = self._backend_children[key] = BACKEND_REQUESTS.labels(self.name, backend, cls)
-        child.value += 1
-
-    def observe_duration(self, version: str, seconds: float) -> None:
-        child = self.duration.get(version)
-        if child is None:
-            child = self.duration[version] = DURATION.labels(self.name, self.route, version)
-        child.observe(seconds)
 
     def reject(self, reason: str) -> None:
         REJECTED.labels(self.name, reason).inc()

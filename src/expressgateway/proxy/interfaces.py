@@ -9,10 +9,13 @@ synchronous: bytes go to transports, and backpressure is pause/resume.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from expressgateway.core.events import Headers, Informational, RequestHead, ResponseHead
 from expressgateway.upstream.endpoint import Endpoint
+
+if TYPE_CHECKING:
+    from expressgateway.proxy.stream import Stream
 
 
 class Front(Protocol):
@@ -46,11 +49,17 @@ class Front(Protocol):
     def take_parked(self, ep: Endpoint) -> Back | None:
         """The parked upstream connection, if it is alive and goes to ``ep``."""
 
+    def flush(self) -> None:
+        """Write out what this exchange queued toward the client."""
+
 
 class Back(Protocol):
     """Client side of an upstream exchange, as the bridge sees it."""
 
     reused: bool
+
+    def attach(self, stream: Stream) -> None:
+        """This back now carries ``stream``'s exchange."""
 
     def send_request_head(self, head: RequestHead) -> None: ...
 

@@ -35,8 +35,6 @@ log = logging.getLogger("expressgateway.access")
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 #: request bodies up to this size are kept whole so the request can be replayed
 REPLAY_LIMIT = 64 * 1024
-#: at most one read's worth of request events wait for an upstream
-PENDING_LIMIT = 512 * 1024
 
 
 class Stream:
@@ -52,7 +50,6 @@ class Stream:
         "head",
         "peer_ip",
         "pending",
-        "pending_size",
         "replay",
         "replay_size",
         "request_done",
@@ -76,7 +73,6 @@ class Stream:
         self.back: Back | None = None
         self.endpoint: Endpoint | None = None
         self.pending: list[tuple[bytes, bool] | Headers] | None = []
-        self.pending_size = 0
         self.request_done = head.end_stream
         self.response_started = False
         self.response_done = False
@@ -148,7 +144,7 @@ class Stream:
 
     def _attach(self, back: Back) -> None:
         self.back = back
-        back.attach(self)  # type: ignore[attr-defined]
+        back.attach(self)
         back.send_request_head(self.up_head)
         pending, self.pending = self.pending, None
         if pending:
@@ -174,8 +170,9 @@ class Stream:
         if back is not None:
             back.send_body(data, end_stream)
         elif self.pending is not None:
+            # Bounded: the front is paused while no upstream is attached, so
+            # at most what one read (or one flow-control window) brought waits.
             self.pending.append((data, end_stream))
-            self.pending_size += len(data)
 
     def on_request_trailers(self, headers: Headers) -> None:
         self.request_done = True
@@ -247,9 +244,9 @@ class Stream:
         self._upstream_failed(err, reused=reused)
 
     def flush(self) -> None:
-        self.front.flush()  # type: ignore[attr-defined]
+        self.front.flush()
         if self.back is not None:
-            self.back.flush()  # type: ignore[attr-defined]
+            self.back.flush()
 
     # -- endings --------------------------------------------------------------------
     def _upstream_failed(self, err: ProxyError, *, reused: bool) -> None:

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from expressgateway.config import ConfigError, parse_config
+from expressgateway.io.acceptor import ACCEPT_ERRORS
 from expressgateway.io.admission import Admission
 from expressgateway.observability.logging import setup_logging
 from expressgateway.observability.metrics import REGISTRY
@@ -28,9 +29,6 @@ from expressgateway.runtime.protocols import BUILDERS
 
 log = logging.getLogger("expressgateway.worker")
 
-_ACCEPT_ERRORS = REGISTRY.counter(
-    "accept_errors_total", "Errors while accepting connections, by kind.", ("listener", "kind")
-)
 _LOOP_ERRORS = REGISTRY.counter(
     "event_loop_errors_total", "Unhandled errors reported by the event loop."
 )
@@ -117,7 +115,7 @@ def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any])
     exc = context.get("exception")
     if "accept" in message.lower():
         kind = "fd_exhausted" if isinstance(exc, OSError) and exc.errno in (23, 24) else "other"
-        _ACCEPT_ERRORS.labels("", kind).inc()
+        ACCEPT_ERRORS.labels("", kind).inc()
         log.warning("accept error", extra={"kind": kind, "error": str(exc)})
         return
     _LOOP_ERRORS.inc()
