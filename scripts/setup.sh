@@ -13,7 +13,8 @@ if [ "$want_test" = 1 ] && command -v apt-get >/dev/null 2>&1; then
   # tool:package pairs; install only what is missing
   missing=()
   for pair in curl:curl openssl:openssl nginx:nginx-light haproxy:haproxy wrk:wrk \
-              h2load:nghttp2-client nghttp:nghttp2-client ps:procps; do
+              h2load:nghttp2-client nghttp:nghttp2-client ps:procps \
+              gtlsclient:ngtcp2-client gtlsserver:ngtcp2-server; do
     tool="${pair%%:*}"; pkg="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || missing+=("$pkg")
   done

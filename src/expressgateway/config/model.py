@@ -240,6 +240,27 @@ class QuicConfig:
         default=1350,
         range=Range(1200, 65_527),
     )
+    max_connections: int = setting(
+        "QUIC connections open at once per worker; a new client over it gets "
+        "CONNECTION_REFUSED (counted).",
+        default=100_000,
+        range=Range(1, 10_000_000),
+        new=True,
+    )
+    per_ip_connection_cap: int = setting(
+        "QUIC connections open at once from one client IP per worker; over it the "
+        "Initial gets CONNECTION_REFUSED (counted).",
+        default=1024,
+        range=Range(1, 2_000_000),
+        new=True,
+    )
+    early_data: bool = setting(
+        "Accept 0-RTT early data. Only safe methods (GET, HEAD, OPTIONS) are served "
+        "from early data; others get 425 Too Early, and a replayed session ticket is "
+        "refused 0-RTT.",
+        default=False,
+        new=True,
+    )
     raw_proxy: RawProxyConfig | None = setting(
         "Mode B: terminate and re-originate (see below).",
         default=None,
