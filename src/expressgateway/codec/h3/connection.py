@@ -1,0 +1,169 @@
+"""aioquic's HTTP/3 connection, adapted for a proxy, and the stream
+bookkeeping both codecs share.
+
+:class:`GatewayH3` changes four things in aioquic's ``H3Connection``:
+
+- a malformed message is a *stream* error (RFC 9114 §4.1.2: reset with
+  H3_MESSAGE_ERROR), not the connection error aioquic raises, so one bad
+  request costs its sender only that stream;
+- fields are validated by the checks shared with HTTP/2
+  (:mod:`expressgateway.codec.h2.validate`), once per block and mostly in C;
+  aioquic's own per-octet Python validation is switched off;
+- the QPACK dynamic table is not offered (capacity 0, like quiche), so a
+  header block can only grow by static-table references and Huffman: no
+  QPACK bomb. A field section over ``max_field_section`` (encoded, or
+  buffered while it arrives) is a stream error too;
+- GOAWAY can be sent, and a received one is remembered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pylsqpack
+from aioquic._buffer import Buffer, BufferReadError
+from aioquic.buffer import encode_uint_var
+from aioquic.h3 import connection as _h3
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, MessageError, Setting
+from aioquic.quic.connection import QuicConnection
+
+from expressgateway.core.events import (
+    CANCEL,
+    CONNECT_ERROR,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+)
+
+
+def _unchecked(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+# aioquic walks every octet of every field in Python and closes the whole
+# connection on a bad one; the codecs validate each block themselves.
+_h3.validate_request_headers = _unchecked
+_h3.validate_response_headers = _unchecked
+_h3.validate_trailers = _unchecked
+
+#: neutral (HTTP/2-style) reset codes -> HTTP/3 (RFC 9114 §8.1)
+TO_H3 = {
+    NO_ERROR: ErrorCode.H3_NO_ERROR,
+    PROTOCOL_ERROR: ErrorCode.H3_MESSAGE_ERROR,
+    INTERNAL_ERROR: ErrorCode.H3_INTERNAL_ERROR,
+    REFUSED_STREAM: ErrorCode.H3_REQUEST_REJECTED,
+    CANCEL: ErrorCode.H3_REQUEST_CANCELLED,
+    CONNECT_ERROR: ErrorCode.H3_CONNECT_ERROR,
+    ENHANCE_YOUR_CALM: ErrorCode.H3_EXCESSIVE_LOAD,
+}
+#: HTTP/3 codes -> neutral
+FROM_H3 = {int(v): k for k, v in TO_H3.items()}
+
+
+def to_h3(code: int) -> int:
+    return int(TO_H3.get(code, ErrorCode.H3_INTERNAL_ERROR))
+
+
+def from_h3(code: int) -> int:
+    return FROM_H3.get(code, INTERNAL_ERROR)
+
+
+#: streams remembered as failed (their late data is dropped); oldest forgotten first
+_DEAD_MAX = 1024
+
+
+class GatewayH3(H3Connection):
+    def __init__(self, quic: QuicConnection, max_field_section: int) -> None:
+        self.max_field_section = max_field_section
+        #: (stream id, reason) of streams failed since the codec last looked
+        self.broken: list[tuple[int, str]] = []
+        self.dead: dict[int, None] = {}
+        #: the peer's GOAWAY id (first stream / push it will not process)
+        self.goaway_id: int | None = None
+        super().__init__(quic)
+        self._max_table_capacity = 0
+        self._blocked_streams = 0
+        self._decoder = pylsqpack.Decoder(0, 0)
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        settings[Setting.QPACK_MAX_TABLE_CAPACITY] = 0
+        settings[Setting.QPACK_BLOCKED_STREAMS] = 0
+        settings[Setting.MAX_FIELD_SECTION_SIZE] = self.max_field_section
+        return settings
+
+    def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[Any]:
+        if frame_data is not None and len(frame_data) > self.max_field_section:
+            raise MessageError("header_too_large")
+        return super()._decode_headers(stream_id, frame_data)
+
+    def _receive_request_or_push_data(self, stream: Any, data: bytes, stream_ended: bool) -> Any:
+        sid = stream.stream_id
+        if sid in self.dead:
+            if stream_ended:
+                del self.dead[sid]
+            stream.receiving_ended = stream_ended or stream.receiving_ended
+            return []
+        try:
+            events = super()._receive_request_or_push_data(stream, data, stream_ended)
+            if len(stream.buffer) > self.max_field_section + 16:
+                # a HEADERS frame still arriving, already over the cap
+                raise MessageError("header_too_large")
+            return events
+        except MessageError as exc:
+            reason = str(exc) if str(exc) == "header_too_large" else "h3_message_error"
+            self.fail_stream(stream, reason)
+            return []
+
+    def fail_stream(self, stream: Any, reason: str) -> None:
+        """Reset both halves of ``stream`` with H3_MESSAGE_ERROR."""
+        sid = stream.stream_id
+        stream.buffer = b""
+        stream.blocked = False
+        stream.frame_type = None
+        stream.frame_size = None
+        quic = self._quic
+        if not stream.sending_ended:
+            quic.reset_stream(sid, ErrorCode.H3_MESSAGE_ERROR)
+        if not stream.receiving_ended:
+            quic.stop_stream(sid, ErrorCode.H3_MESSAGE_ERROR)
+        stream.sending_ended = stream.receiving_ended = True
+        self.kill(sid)
+        self.broken.append((sid, reason))
+
+    def kill(self, sid: int) -> None:
+        """Drop whatever still arrives on ``sid``."""
+        self.dead[sid] = None
+        if len(self.dead) > _DEAD_MAX:
+            del self.dead[next(iter(self.dead))]
+
+    def _handle_control_frame(self, frame_type: int, frame_data: bytes) -> None:
+        super()._handle_control_frame(frame_type, frame_data)
+        if frame_type == FrameType.GOAWAY:
+            try:
+                self.goaway_id = Buffer(data=frame_data).pull_uint_var()
+            except BufferReadError:
+                raise _h3.FrameError("malformed GOAWAY frame") from None
+
+    def send_goaway(self, stream_id: int) -> None:
+        """GOAWAY: streams from ``stream_id`` on will not be processed."""
+        if self._local_control_stream_id is not None:
+            self._quic.send_stream_data(
+                self._local_control_stream_id,
+                _h3.encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id)),
+            )
+
+    def abandon(self, sid: int, code: int) -> None:
+        """Reset what is still open of ``sid`` with ``code`` (an HTTP/3 code)
+        and drop whatever still arrives on it."""
+        stream = self._stream.pop(sid, None)
+        quic = self._quic
+        qs = quic._streams.get(sid)
+        if qs is not None:
+            if stream is None or not stream.sending_ended:
+                quic.reset_stream(sid, code)
+            if (stream is None or not stream.receiving_ended) and not qs.receiver.is_finished:
+                quic.stop_stream(sid, code)
+        self.kill(sid)
