@@ -1,9 +1,9 @@
 """``expressgateway``: run, check or demo the gateway.
 
-    expressgateway CONFIG.toml         run the gateway with this config
-    expressgateway check CONFIG.toml   validate the config (binds nothing)
-    expressgateway demo                run the built-in demo on 127.0.0.1:8080
-    expressgateway --version
+expressgateway CONFIG.toml         run the gateway with this config
+expressgateway check CONFIG.toml   validate the config (binds nothing)
+expressgateway demo                run the built-in demo on 127.0.0.1:8080
+expressgateway --version
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ docs: docs/configuration.md, docs/operations.md
 """
 
 
-def _load(path: str) -> Config | None:
+def _load(path: str, *, boot: bool = False) -> Config | None:
     try:
         cfg = load_config(path)
     except ConfigError as exc:
@@ -57,7 +57,7 @@ def _load(path: str) -> Config | None:
         for line in str(exc).splitlines():
             print(f"  {line}", file=sys.stderr)
         return None
-    problems = preflight(cfg)
+    problems = preflight(cfg, mint=boot)
     if problems:
         print(f"expressgateway: invalid configuration {path}:", file=sys.stderr)
         for line in problems:
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_demo()
     parser = argparse.ArgumentParser(prog="expressgateway", usage=HELP)
     parser.add_argument("config")
-    cfg = _load(parser.parse_args(args).config)
+    cfg = _load(parser.parse_args(args).config, boot=True)
     if cfg is None:
         return EXIT_CONFIG
     try:

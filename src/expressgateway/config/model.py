@@ -459,7 +459,7 @@ class UdpConfig:
         range=Range(100, _MS_HOUR),
     )
     max_flows: int = setting(
-        "Most concurrent flows; at the cap, datagrams that would open a new flow are dropped and counted (`udp_drops_total{reason=\"flow_table_full\"}`).",
+        'Most concurrent flows; at the cap, datagrams that would open a new flow are dropped and counted (`udp_drops_total{reason="flow_table_full"}`).',
         default=65_536,
         range=Range(1, 2_000_000),
     )

@@ -48,8 +48,7 @@ class DemoOrigin(asyncio.Protocol):
         keep = self.parser.should_keep_alive()
         head = (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            b"content-length: %d\r\n%s\r\n"
-            % (len(body), b"" if keep else b"connection: close\r\n")
+            b"content-length: %d\r\n%s\r\n" % (len(body), b"" if keep else b"connection: close\r\n")
         )
         if self.transport is not None:
             self.transport.write(head + body)

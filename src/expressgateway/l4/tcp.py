@@ -143,7 +143,9 @@ class TcpRelay(asyncio.Protocol):
             self._abort_all()
             return
         except OSError as exc:
-            _CONNECT_ERRORS.labels(ctx.name, "refused" if isinstance(exc, ConnectionRefusedError) else "error").inc()
+            _CONNECT_ERRORS.labels(
+                ctx.name, "refused" if isinstance(exc, ConnectionRefusedError) else "error"
+            ).inc()
             log.warning(
                 "backend connect failed",
                 extra={"listener": ctx.name, "backend": ep.name, "error": str(exc)},

@@ -27,7 +27,9 @@ _FLOWS_TOTAL = REGISTRY.counter("udp_flows_total", "UDP flows opened.", ("listen
 _DATAGRAMS = REGISTRY.counter(
     "udp_datagrams_total", "UDP datagrams relayed.", ("listener", "direction")
 )
-_BYTES = REGISTRY.counter("udp_bytes_total", "UDP payload bytes relayed.", ("listener", "direction"))
+_BYTES = REGISTRY.counter(
+    "udp_bytes_total", "UDP payload bytes relayed.", ("listener", "direction")
+)
 _DROPS = REGISTRY.counter(
     "udp_drops_total", "UDP datagrams dropped, by reason.", ("listener", "reason")
 )

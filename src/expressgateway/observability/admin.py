@@ -53,8 +53,15 @@ MetricsFn = Callable[[], Awaitable[str]]
 
 
 def _response(status: int, body: bytes, content_type: bytes) -> bytes:
-    reason = {200: b"OK", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-              400: b"Bad Request", 503: b"Service Unavailable", 500: b"Internal Server Error"}
+    reason = {
+        200: b"OK",
+        403: b"Forbidden",
+        404: b"Not Found",
+        405: b"Method Not Allowed",
+        400: b"Bad Request",
+        503: b"Service Unavailable",
+        500: b"Internal Server Error",
+    }
     return (
         b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n"
         b"cache-control: no-store\r\nconnection: close\r\n\r\n"

@@ -79,3 +79,7 @@ def setup_logging(fmt: str | None = None, level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if level in logging._nameToLevel else "INFO")
+    # aioquic logs every connection's handshake steps at INFO: per-connection
+    # noise at the edge; its warnings still come through
+    if root.level > logging.DEBUG:
+        logging.getLogger("quic").setLevel(logging.WARNING)

@@ -16,7 +16,20 @@ from bisect import bisect_left
 from typing import Any
 
 DEFAULT_BUCKETS = (
-    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.0005,
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 #: hard cap on children per family; past it samples fold into one overflow child

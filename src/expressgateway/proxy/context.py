@@ -102,7 +102,9 @@ class L7Context:
         child = self._status_children.get(key)
         if child is None:
             cls = status_class(status)
-            child = self._status_children[key] = REQUESTS.labels(self.name, self.route, version, cls)
+            child = self._status_children[key] = REQUESTS.labels(
+                self.name, self.route, version, cls
+            )
         child.value += 1
 
     def drain(self) -> None:

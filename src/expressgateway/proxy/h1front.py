@@ -262,12 +262,20 @@ class H1Front(asyncio.Protocol):
                 return
             # WebSocket is off here: forward a plain request, never an upgrade.
             head = RequestHead(
-                head.method, head.scheme, head.authority, head.path, head.headers,
-                head.end_stream, None, head.content_length,
+                head.method,
+                head.scheme,
+                head.authority,
+                head.path,
+                head.headers,
+                head.end_stream,
+                None,
+                head.content_length,
             )
         http = ctx.listener.http
         stream.start(
-            upstream_head(head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via)
+            upstream_head(
+                head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via
+            )
         )
 
     def _check(self, head: RequestHead) -> ProxyError | None:
@@ -370,7 +378,9 @@ class H1Front(asyncio.Protocol):
         response_started(self)
         keep = self._keep_alive_after()
         self._wbuf.append(
-            self.codec.encode_response_head(head, request_method=self.request_method, keep_alive=keep)
+            self.codec.encode_response_head(
+                head, request_method=self.request_method, keep_alive=keep
+            )
         )
 
     def send_body(self, data: bytes, end_stream: bool) -> None:
@@ -392,7 +402,9 @@ class H1Front(asyncio.Protocol):
     def _write_local(self, status: int, reason: str, extra: Headers = ()) -> None:  # type: ignore[assignment]
         keep = self._keep_alive_after()
         self._wbuf.append(
-            self.codec.encode_local_reply(status, reason=reason, extra_headers=extra, keep_alive=keep)
+            self.codec.encode_local_reply(
+                status, reason=reason, extra_headers=extra, keep_alive=keep
+            )
         )
 
     def abort(self, reason: str) -> None:
@@ -481,7 +493,12 @@ class H1Front(asyncio.Protocol):
     def drain(self) -> None:
         """The gateway is draining: close now if idle, else after this exchange."""
         self.keep_alive = False
-        if self.stream is None and self.tunnel is None and self.phase == IDLE and not self.got_bytes:
+        if (
+            self.stream is None
+            and self.tunnel is None
+            and self.phase == IDLE
+            and not self.got_bytes
+        ):
             self._close()
 
     def _close(self) -> None:

@@ -34,7 +34,7 @@ class _PoolReaper:
         self.deadline = now + 1.0
 
 
-def _worker_shared(wc: WorkerContext) -> tuple[Sweeper, Pool]:
+def worker_shared(wc: WorkerContext) -> tuple[Sweeper, Pool]:
     """One sweeper and one upstream pool per worker, shared by its listeners."""
     key = id(wc)
     got = _shared.get(key)
@@ -71,7 +71,7 @@ def _remember_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext)
 @builder("h1", "h1s")
 async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
     cfg = wc.config
-    sweeper, pool = _worker_shared(wc)
+    sweeper, pool = worker_shared(wc)
     ssl_ctx = None
     if lc.protocol == "h1s":
         assert lc.tls is not None
@@ -120,4 +120,3 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         running = Running(lc.name, server=server)
     running.extra.append(ctx)
     return running
-

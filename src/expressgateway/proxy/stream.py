@@ -130,7 +130,9 @@ class Stream:
             return
         except OSError as exc:
             self.connecting = False
-            reason = "connect_refused" if isinstance(exc, ConnectionRefusedError) else "connect_error"
+            reason = (
+                "connect_refused" if isinstance(exc, ConnectionRefusedError) else "connect_error"
+            )
             self._upstream_failed(UpstreamError(reason, detail=str(exc)), reused=False)
             self.flush()
             return
@@ -256,8 +258,12 @@ class Stream:
             UPSTREAM_ERRORS.labels(ctx.name, ep.name, err.reason).inc()
             log.warning(
                 "upstream failed",
-                extra={"listener": ctx.name, "backend": ep.name, "reason": err.reason,
-                       "detail": err.detail},
+                extra={
+                    "listener": ctx.name,
+                    "backend": ep.name,
+                    "reason": err.reason,
+                    "detail": err.detail,
+                },
             )
         can_retry = (
             not self.response_started
@@ -360,4 +366,3 @@ class Stream:
                 },
             )
         self.front.stream_done()
-

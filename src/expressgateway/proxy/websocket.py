@@ -130,9 +130,14 @@ class WsTunnel:
                         self._shutdown(1009, "message too big", "message_too_big")
                         return
                     self.msg_size[direction] = 0 if frame.message_finished else size
-                    self.frame_started[direction] = math.inf if frame.frame_finished else (
-                        now if self.frame_started[direction] == math.inf
-                        else self.frame_started[direction]
+                    self.frame_started[direction] = (
+                        math.inf
+                        if frame.frame_finished
+                        else (
+                            now
+                            if self.frame_started[direction] == math.inf
+                            else self.frame_started[direction]
+                        )
                     )
                     out.append(sender.send_data(payload, frame.message_finished))
                 if direction == 0:
@@ -184,7 +189,9 @@ class WsTunnel:
         if slug in ("idle_timeout", "drain"):
             self.back.send_raw(bytes(self.to_backend.close(code_enum, reason)))
         else:
-            self.back.send_raw(bytes(self.to_backend.close(CloseReason.GOING_AWAY, "proxy closing")))
+            self.back.send_raw(
+                bytes(self.to_backend.close(CloseReason.GOING_AWAY, "proxy closing"))
+            )
         self.close()
 
     def drain(self) -> None:

@@ -31,11 +31,15 @@ class Running:
     server: asyncio.AbstractServer | None = None
     acceptor: TlsAcceptor | None = None
     udp: UdpListener | None = None
+    #: a QUIC listener's endpoint (connections live in it, not in a server)
+    quic: Any = None
     extra: list[Any] = field(default_factory=list)
 
     def drain(self) -> None:
         """Tell open connections to finish: idle ones close now, busy ones
         close after their current exchange (``Connection: close``)."""
+        if self.quic is not None:
+            self.quic.drain()
         for item in self.extra:
             drain = getattr(item, "drain", None)
             if drain is not None:
@@ -48,6 +52,18 @@ class Running:
             self.acceptor.close()
         if self.udp is not None:
             self.udp.close()
+        if self.quic is not None:
+            self.quic.stop_accepting()
+
+    def busy(self) -> bool:
+        """Connections that drain() asked to finish are still open (QUIC;
+        TCP connections are counted by the worker's admission)."""
+        return self.quic is not None and bool(self.quic.connections)
+
+    def close(self) -> None:
+        """Last step of shutdown: abort what is left."""
+        if self.quic is not None:
+            self.quic.close()
 
 
 @dataclass

@@ -5,7 +5,8 @@ Import ``BUILDERS`` from here, not from ``runtime.listeners``, to see them all.
 
 from __future__ import annotations
 
-import expressgateway.proxy.h1listener  # noqa: F401  (registers h1, h1s)
+import expressgateway.proxy.h1listener
+import expressgateway.proxy.h3listener  # noqa: F401  (registers quic)
 from expressgateway.runtime.listeners import BUILDERS
 
 __all__ = ["BUILDERS"]

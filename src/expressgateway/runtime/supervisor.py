@@ -80,7 +80,9 @@ class Supervisor:
         from expressgateway.io.sockets import BindError
 
         specs = [
-            ListenSpec(lc.name, lc.host, lc.port, udp=is_udp(lc), backlog=self.cfg.runtime.tcp_backlog)
+            ListenSpec(
+                lc.name, lc.host, lc.port, udp=is_udp(lc), backlog=self.cfg.runtime.tcp_backlog
+            )
             for lc in self.served
         ]
         try:
@@ -103,7 +105,13 @@ class Supervisor:
         parent, child = socket.socketpair()
         fds = [s.fileno() for s in self.sockets[handle.index]]
         handle.proc = subprocess.Popen(
-            [sys.executable, "-m", "expressgateway.runtime.worker", "--control-fd", str(child.fileno())],
+            [
+                sys.executable,
+                "-m",
+                "expressgateway.runtime.worker",
+                "--control-fd",
+                str(child.fileno()),
+            ],
             pass_fds=[child.fileno(), *fds],
         )
         child.close()
@@ -142,7 +150,9 @@ class Supervisor:
                 fut.set_result(msg.get("data", {}))
 
     def _on_worker_gone(self, handle: WorkerHandle) -> None:
-        was_ready = handle.ready is not None and handle.ready.done() and not handle.ready.exception()
+        was_ready = (
+            handle.ready is not None and handle.ready.done() and not handle.ready.exception()
+        )
         if was_ready:
             _WORKERS.dec()
         handle.channel = None
@@ -177,7 +187,10 @@ class Supervisor:
         handle.restarts = handle.restarts + 1 if quick else 1
         delay = min(5.0, 0.1 * (2 ** (handle.restarts - 1))) if quick else 0.0
         log.error(
-            "worker %d exited with code %s; restarting in %.1fs", handle.index, code, delay,
+            "worker %d exited with code %s; restarting in %.1fs",
+            handle.index,
+            code,
+            delay,
             extra={"worker": handle.index, "exit_code": code},
         )
         _RESTARTS.inc()
@@ -241,7 +254,9 @@ class Supervisor:
             admin_server = await loop.create_server(
                 lambda: AdminProtocol(self.state, self.metrics_text), sock=self.admin_sock
             )
-            log.info("admin listener started", extra={"address": self.cfg.observability.metrics_bind})
+            log.info(
+                "admin listener started", extra={"address": self.cfg.observability.metrics_bind}
+            )
         drain_settle = {"value": True}
 
         def on_signal(sig: signal.Signals) -> None:
@@ -253,7 +268,8 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(
-            signal.SIGHUP, lambda: log.warning("SIGHUP: hot reload is not active yet in this version")
+            signal.SIGHUP,
+            lambda: log.warning("SIGHUP: hot reload is not active yet in this version"),
         )
         self.workers = [WorkerHandle(i) for i in range(self.nworkers)]
         try:

@@ -50,7 +50,9 @@ class Worker:
         elif op == "metrics":
             self.reply({"op": "metrics", "id": msg.get("id"), "data": REGISTRY.snapshot()})
         elif op == "drain":
-            asyncio.get_running_loop().create_task(self.drain(float(msg.get("timeout_ms", 0)) / 1000))
+            asyncio.get_running_loop().create_task(
+                self.drain(float(msg.get("timeout_ms", 0)) / 1000)
+            )
         elif op == "stop":
             self.done.set()
 
@@ -104,7 +106,8 @@ class Worker:
             r.drain()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.admission is None or self.admission.inflight == 0:
+            idle = self.admission is None or self.admission.inflight == 0
+            if idle and not any(r.busy() for r in self.running):
                 break
             await asyncio.sleep(0.05)
         self.done.set()
@@ -142,6 +145,7 @@ async def _amain(control_fd: int) -> None:
     await worker.done.wait()
     for r in worker.running:
         r.stop_accepting()
+        r.close()
 
 
 def main() -> None:

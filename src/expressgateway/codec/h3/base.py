@@ -12,6 +12,8 @@ from __future__ import annotations
 from aioquic.h3.connection import ErrorCode
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
     ConnectionTerminated,
     HandshakeCompleted,
     QuicEvent,
@@ -73,6 +75,8 @@ class H3Codec:
         self.streams: dict[int, H3Stream] = {}
         self.handshake_done = False
         self.terminated: ConnectionTerminated | None = None
+        #: (issued?, connection id) since the shell last looked: it routes by them
+        self.cid_changes: list[tuple[bool, bytes]] = []
 
     # -- inbound -------------------------------------------------------------------
     def events(self) -> Output:
@@ -110,7 +114,10 @@ class H3Codec:
     _reset_reason = "client_reset"
 
     def _on_quic(self, qe: QuicEvent, out: Output) -> None:
-        """Other QUIC events (the server watches for early data)."""
+        if isinstance(qe, ConnectionIdIssued):
+            self.cid_changes.append((True, qe.connection_id))
+        elif isinstance(qe, ConnectionIdRetired):
+            self.cid_changes.append((False, qe.connection_id))
 
     def _on_h3(self, he: H3Event, out: Output) -> None:
         if isinstance(he, DataReceived):

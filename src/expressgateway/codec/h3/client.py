@@ -144,10 +144,10 @@ class H3ClientCodec(H3Codec):
         total = st.received + n
         st.received = total
         expected = st.expected
-        if expected is not None and (total > expected or (end and total != expected)):
-            if not (st.no_body and not n):
-                self._stream_error(st, PROTOCOL_ERROR, "content_length_mismatch", out)
-                return
+        mismatch = expected is not None and (total > expected or (end and total != expected))
+        if mismatch and not (st.no_body and not n):
+            self._stream_error(st, PROTOCOL_ERROR, "content_length_mismatch", out)
+            return
         if n:
             self.quic.hold(st.sid, n)
         out.append((st.sid, Body(data, end)))
