@@ -1,8 +1,8 @@
 """How a stream gets a back for an endpoint, per backend protocol.
 
 ``take`` is synchronous (a pooled connection, or a new stream on a live
-multiplexed connection); ``connect`` opens a new connection. The HTTP/2 and
-HTTP/3 work adds their connectors here.
+multiplexed connection); ``connect`` opens a new connection. HTTP/2 and HTTP/3
+connections are shared (multiplexed) per peer.
 """
 
 from __future__ import annotations
@@ -57,7 +57,14 @@ def _register_h2() -> None:
     CONNECTORS["h2"] = H2Connector()
 
 
+def _register_h3() -> None:
+    from expressgateway.proxy.h3back import H3Connector
+
+    CONNECTORS["h3"] = H3Connector()
+
+
 _register_h2()
+_register_h3()
 
 
 def connector_for(ep: Endpoint) -> Connector:

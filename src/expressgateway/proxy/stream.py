@@ -136,6 +136,11 @@ class Stream:
             self._upstream_failed(UpstreamError(reason, detail=str(exc)), reused=False)
             self.flush()
             return
+        except UpstreamError as err:  # e.g. a multiplexed pool at its cap
+            self.connecting = False
+            self._upstream_failed(err, reused=False)
+            self.flush()
+            return
         self.connecting = False
         if self.closed:
             back.abort()

@@ -65,6 +65,8 @@ class Pool:
         self.idle: dict[PeerKey, list[Pooled]] = {}
         #: shared HTTP/2 connections per peer (multiplexed: never "idle" in a list)
         self.h2: dict[PeerKey, list[Any]] = {}
+        #: shared HTTP/3 connections per peer (see proxy/h3back.py)
+        self.h3: dict[Any, list[Any]] = {}
         self.total_idle = 0
         self._ssl: dict[tuple[str, bool, tuple[str, ...]], ssl.SSLContext] = {}
 
