@@ -433,8 +433,9 @@ class WebSocketConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GrpcConfig:
-    """gRPC handling on an `h1s` listener (gRPC needs HTTP/2; rejected on other
-    listener protocols). Presence of the block enables it."""
+    """gRPC handling on an `h1s` or `quic` listener (gRPC needs HTTP/2 or
+    HTTP/3; rejected on other listener protocols). Presence of the block
+    enables it."""
 
     enabled: bool = setting("Apply gRPC handling to `application/grpc` requests.", default=True)
     max_deadline_seconds: int = setting(
@@ -514,7 +515,7 @@ class ListenerConfig:
         feature="websocket",
     )
     grpc: GrpcConfig | None = setting(
-        "gRPC handling (presence enables); `h1s` only.",
+        "gRPC handling (presence enables); `h1s` and `quic` only.",
         default=None,
         reload="swappable",
         feature="grpc",

@@ -116,7 +116,8 @@ def _tls_and_quic_blocks(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
 
 @rule(
     "`[listeners.websocket]` is only allowed on `h1`, `h1s` and `quic` listeners; "
-    "`[listeners.grpc]` only on `h1s` (gRPC needs HTTP/2); `[listeners.udp]` only on "
+    "`[listeners.grpc]` only on `h1s` and `quic` (gRPC needs HTTP/2 or HTTP/3); "
+    "`[listeners.udp]` only on "
     "`udp` listeners."
 )
 def _protocol_blocks(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
@@ -130,12 +131,12 @@ def _protocol_blocks(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
                 f"not allowed on a '{lst.protocol}' listener",
                 "WebSocket is proxied by h1, h1s and quic listeners",
             )
-        if lst.grpc is not None and lst.protocol != "h1s":
+        if lst.grpc is not None and lst.protocol not in ("h1s", "quic"):
             yield Problem(
                 f"{path}.grpc",
                 {},
                 f"not allowed on a '{lst.protocol}' listener",
-                "gRPC needs HTTP/2: only h1s listeners",
+                "gRPC needs HTTP/2 or HTTP/3: only h1s and quic listeners",
             )
         if f"{path}.udp" in ctx.explicit and lst.protocol != "udp":
             yield Problem(f"{path}.udp", {}, f"only allowed on udp listeners, not '{lst.protocol}'")

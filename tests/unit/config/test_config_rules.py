@@ -104,16 +104,16 @@ def test_websocket_is_accepted_on_h1_and_quic(tls_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("protocol", ["h1", "tcp"])
-def test_grpc_is_rejected_outside_h1s(protocol: str) -> None:
+def test_grpc_is_rejected_outside_h1s_and_quic(protocol: str) -> None:
     assert problems(listener(protocol, extra="[listeners.grpc]\n")) == [
         f"listeners[0].grpc = {{...}}: not allowed on a '{protocol}' listener "
-        "(gRPC needs HTTP/2: only h1s listeners)"
+        "(gRPC needs HTTP/2 or HTTP/3: only h1s and quic listeners)"
     ]
 
 
-def test_grpc_is_rejected_on_quic(tls_dir: Path) -> None:
-    (line,) = problems(listener("quic", extra=quic_block(tls_dir) + "[listeners.grpc]\n"))
-    assert line.startswith("listeners[0].grpc = {...}: not allowed on a 'quic' listener")
+def test_grpc_is_accepted_on_quic(tls_dir: Path) -> None:
+    cfg = parse_config(listener("quic", extra=quic_block(tls_dir) + "[listeners.grpc]\n"))
+    assert cfg.listeners[0].grpc is not None
 
 
 def test_udp_block_is_only_allowed_on_udp_listeners() -> None:
