@@ -12,7 +12,7 @@ from types import FrameType
 
 from . import chart, report
 from .procs import stop_all
-from .proxies import DEFAULT_ORDER
+from .proxies import DEFAULT_ORDER, EXTRA
 from .runner import RunRecord, execute, log, prepare
 from .scenarios import by_name
 from .settings import RESULTS_DIR, RunOptions, make_mode
@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> RunOptions:
     ap.add_argument(
         "--proxies",
         default=",".join(DEFAULT_ORDER),
-        help=f"comma list of: {','.join(DEFAULT_ORDER)},expressgateway-1w",
+        help=f"comma list of: {','.join(DEFAULT_ORDER + EXTRA)} (caddy-static: caddy "
+        "answering the HTTP/3 scenarios itself, the load client's ceiling)",
     )
     ap.add_argument(
         "--gateway-src",

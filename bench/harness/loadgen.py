@@ -25,6 +25,7 @@ class LoadResult:
     errors: int = 0
     bytes_total: float = 0.0
     error_detail: list[str] = field(default_factory=list)
+    client_cpu_s: float | None = None  # the load client's own CPU (tools that report it)
 
     @property
     def rate(self) -> float:
@@ -189,6 +190,7 @@ def run_json_tool(argv: list[str], duration: float, cpus: tuple[int, ...] | None
         errors=int(data.get("errors", 0)),
         bytes_total=float(data.get("bytes", 0)),
         error_detail=list(data.get("error_detail", [])),
+        client_cpu_s=data.get("client_cpu_s"),
     )
 
 

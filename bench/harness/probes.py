@@ -9,14 +9,13 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .origin import GRPC_PATH
 from .proxies.base import Front
-from .settings import TLS_NAME, TOOLS_DIR
+from .settings import TLS_NAME
 
 
 class ProbeError(RuntimeError):
@@ -135,24 +134,19 @@ def _grpcio_call(front: Front, cert: Path) -> None:
 
 
 def h3_get(front: Front) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(TOOLS_DIR / "h3_client.py"),
-            f"https://{TLS_NAME}:{front.port}/1k",
-            "1",
-            "0.3",
-            f"{TLS_NAME}:{front.port}:{front.host}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    """GETs of /1k over HTTP/3 (after the server's Retry) with the load client in use:
+    every one must be a 200 over HTTP/3 with the full 1 KiB body."""
+    from .scenarios import h3_argv
+
+    argv = h3_argv(front, 1, 2, 0.3, 1)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         raise ProbeError(f"h3 client failed: {proc.stderr.strip()[-200:]}") from None
-    if not result.get("requests"):
+    done, errors = result.get("requests", 0), result.get("errors", 0)
+    if not done or errors:
         detail = "; ".join(result.get("error_detail") or ["no response"])
-        raise ProbeError(f"h3: {detail[:200]}")
+        raise ProbeError(f"h3: {done} ok, {errors} errors: {detail[:200]}")
+    if result.get("bytes") != done * 1024:
+        raise ProbeError(f"h3: {result.get('bytes')} body bytes for {done} responses of 1 KiB")

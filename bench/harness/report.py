@@ -151,6 +151,19 @@ def targets(scenarios: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "x",
         ),
         (
+            "H3->H1: CPU-us/req, ours / caddy",
+            _ratio(
+                _fig(scenarios, "h3_h1", g, "cpu_us_per_unit"),
+                _fig(scenarios, "h3_h1", "caddy", "cpu_us_per_unit"),
+            ),
+            "x",
+        ),
+        (
+            "H3->H2 (h2c): req/s, ours / caddy",
+            _ratio(_fig(scenarios, "h3_h2", g, "rate"), _fig(scenarios, "h3_h2", "caddy", "rate")),
+            "x",
+        ),
+        (
             "L4 TCP bulk: MiB/s, ours / haproxy",
             _ratio(
                 _fig(scenarios, "tcp_bulk", g, "rate"),
@@ -222,6 +235,9 @@ def _columns(sc: dict[str, Any]) -> list[tuple[str, str, int, bool]]:
     ]
     if unit == "req" and sc["name"] == "h1_1m":
         cols.insert(1, ("MiB/s", "mib_s", 0, False))
+    if any("client_cpu_us_per_unit" in (r.get("median") or {}) for r in sc["results"].values()):
+        # The HTTP/3 clients report their own cost: client-bound or proxy-bound?
+        cols.append((f"client CPU-µs/{unit}", "client_cpu_us_per_unit", 1, False))
     cols.append(("peak RSS MiB", "peak_rss_mib", 1, False))
     return cols
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -10,7 +11,7 @@ from .loadgen import LoadResult, run_h2load, run_json_tool, run_wrk
 from .memory import IdleConnections, Upload
 from .monitor import Window
 from .origin import GRPC_PATH
-from .proxies.base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Front
+from .proxies.base import GRPC, H1, H2TLS, H2TLS_H2, H3, H3_H2, TCP, Front
 from .scenario_base import MIB, Env, LoadFn, Measurement, Scenario
 from .settings import ORIGIN_H1_PORT, ORIGIN_H2C_PORT, TLS_NAME, TOOLS_DIR, WS_ECHO_PORT
 
@@ -54,6 +55,9 @@ class Throughput(Scenario):
         with Window(pid) as win:
             res = self.load(front, env, env.duration)
         units = res.bytes_total / MIB if self.per_mib else float(res.requests)
+        extra = {}
+        if res.client_cpu_s is not None and units > 0:
+            extra["client_cpu_us_per_unit"] = res.client_cpu_s * 1e6 / units
         return Measurement(
             rate=units / res.duration if res.duration > 0 else None,
             mib_s=res.bytes_per_s / MIB,
@@ -64,6 +68,7 @@ class Throughput(Scenario):
             errors=res.errors,
             units=units,
             error_detail=res.error_detail,
+            extra=extra,
         )
 
 
@@ -112,18 +117,45 @@ def _ws(conns: int, size: int) -> LoadFn:
     return load
 
 
-def _h3(concurrency: int) -> LoadFn:
+# HTTP/3 load client: libcurl through curl_cffi (default, the cheapest per request) or
+# the aioquic one (EG_BENCH_H3_CLIENT=aioquic), both bounded; see harness/tools/h3_*.py.
+H3_TOOLS = {"curl": "h3_curl.py", "aioquic": "h3_load.py"}
+
+
+def h3_tool() -> str:
+    choice = os.environ.get("EG_BENCH_H3_CLIENT", "curl")
+    if choice not in H3_TOOLS:
+        raise SystemExit(f"EG_BENCH_H3_CLIENT must be one of {', '.join(H3_TOOLS)}")
+    return str(TOOLS_DIR / H3_TOOLS[choice])
+
+
+def h3_argv(front: Front, conns: int, streams: int, duration: float, procs: int) -> list[str]:
+    # Sent to the proxy's address with SNI "localhost" (caddy picks its certificate by SNI).
+    return [
+        sys.executable,
+        h3_tool(),
+        front.host,
+        str(front.port),
+        "--sni",
+        TLS_NAME,
+        "--path",
+        "/1k",
+        "-c",
+        str(conns),
+        "-m",
+        str(streams),
+        "-d",
+        f"{duration:g}",
+        "--procs",
+        str(procs),
+    ]
+
+
+def _h3(conns: int, streams: int) -> LoadFn:
     def load(front: Front, env: Env, duration: float) -> LoadResult:
-        url = f"https://{TLS_NAME}:{front.port}/1k"
-        resolve = f"{TLS_NAME}:{front.port}:{front.host}"
-        argv = [
-            sys.executable,
-            str(TOOLS_DIR / "h3_client.py"),
-            url,
-            str(concurrency),
-            str(duration),
-            resolve,
-        ]
+        # Pinned: one process on the load core. Natural: one per load thread (2 here).
+        procs = 1 if env.mode.load_cpus else env.mode.load_threads
+        argv = h3_argv(front, conns, streams, duration, procs)
         return run_json_tool(argv, duration, env.mode.load_cpus)
 
     return load
@@ -149,6 +181,9 @@ def _probe_tcp(front: Front, env: Env) -> None:
     probes.until_ok(lambda f: probes.h1_get(f, "/16m", 16 * MIB), front, env.probe_deadline)
 
 
+H3_CONNS, H3_STREAMS = 10, 10  # 100 requests in flight (h2load scenarios: 50 x 10)
+
+
 def all_scenarios() -> list[Scenario]:
     return [
         Throughput("h1_1k", "H1 -> H1, 1 KiB (wrk -c50)", H1, _wrk("/1k", 50)),
@@ -170,9 +205,18 @@ def all_scenarios() -> list[Scenario]:
         ),
         Throughput(
             "h3_h1",
-            "H3 -> H1, 1 KiB (curl_cffi loop, 16 in flight)",
+            f"H3 -> H1, 1 KiB (libcurl HTTP/3, -c{H3_CONNS} -m{H3_STREAMS})",
             H3,
-            _h3(16),
+            _h3(H3_CONNS, H3_STREAMS),
+            probe=_probe_h3,
+            reference="caddy",
+        ),
+        Throughput(
+            "h3_h2",
+            f"H3 -> H2 (h2c), 1 KiB (libcurl HTTP/3, -c{H3_CONNS} -m{H3_STREAMS})",
+            H3_H2,
+            _h3(H3_CONNS, H3_STREAMS),
+            backend_port=ORIGIN_H2C_PORT,
             probe=_probe_h3,
             reference="caddy",
         ),

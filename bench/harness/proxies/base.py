@@ -19,9 +19,11 @@ H2TLS = "h2tls"  # HTTP/2 over TLS -> HTTP/1.1
 H2TLS_H2 = "h2tls_h2"  # HTTP/2 over TLS -> h2c
 GRPC = "grpc"  # gRPC over HTTP/2 TLS -> gRPC over h2c
 H3 = "h3"  # HTTP/3 (QUIC) -> HTTP/1.1
+H3_H2 = "h3_h2"  # HTTP/3 (QUIC) -> h2c
 TCP = "tcp"  # L4 TCP -> TCP
 
-ALL_KINDS = (H1, H2TLS, H2TLS_H2, GRPC, H3, TCP)
+ALL_KINDS = (H1, H2TLS, H2TLS_H2, GRPC, H3, H3_H2, TCP)
+H3_KINDS = (H3, H3_H2)
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ class Proxy(ABC):
         return managed
 
     def wait_ready(self, front: Front, managed: Managed, timeout: float) -> bool:
-        if front.kind == H3:
+        if front.kind in H3_KINDS:
             # UDP only for some proxies: the scenario probe retries until it answers.
             return managed.alive()
         return wait_port(front.host, front.port, timeout, managed)

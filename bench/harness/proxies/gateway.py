@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..procs import Managed
 from ..settings import ADMIN_PORT_OFFSET, HOST, REPO_DIR
-from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Context, Front, Proxy, render
+from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, H3_H2, TCP, Context, Front, Proxy, render
 
 SRC_DIR = REPO_DIR / "src"
 
@@ -29,6 +29,7 @@ PROTOCOLS: dict[str, tuple[str, str]] = {
     H2TLS_H2: ("h1s", "h2"),
     GRPC: ("h1s", "h2"),
     H3: ("quic", "h1"),
+    H3_H2: ("quic", "h2"),
     TCP: ("tcp", "tcp"),
 }
 

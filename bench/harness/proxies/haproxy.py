@@ -3,13 +3,29 @@
 from __future__ import annotations
 
 from ..settings import find_tool
-from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Context, Front, Proxy, first_line, render
+from .base import (
+    GRPC,
+    H1,
+    H2TLS,
+    H2TLS_H2,
+    H3,
+    H3_H2,
+    TCP,
+    Context,
+    Front,
+    Proxy,
+    first_line,
+    render,
+)
 
 
 class HAProxy(Proxy):
     name = "haproxy"
     label = "haproxy"
-    unsupported_kinds = {H3: "haproxy 2.6 from Debian is built without QUIC"}
+    unsupported_kinds = {
+        H3: "haproxy 2.6 from Debian is built without QUIC",
+        H3_H2: "haproxy 2.6 from Debian is built without QUIC",
+    }
 
     def available(self) -> str | None:
         return (

@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from ..settings import MITM_VENV
-from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Context, Front, Proxy, first_line, render
+from .base import (
+    GRPC,
+    H1,
+    H2TLS,
+    H2TLS_H2,
+    H3,
+    H3_H2,
+    TCP,
+    Context,
+    Front,
+    Proxy,
+    first_line,
+    render,
+)
 
 MITMDUMP = MITM_VENV / "bin" / "mitmdump"
 
@@ -15,6 +28,7 @@ class Mitmproxy(Proxy):
         H2TLS_H2: "mitmproxy speaks HTTP/1.1 to a cleartext upstream (no h2c)",
         GRPC: "mitmproxy speaks HTTP/1.1 to a cleartext upstream (no h2c, no trailers)",
         H3: "mitmproxy's HTTP/3 reverse mode needs a TLS/QUIC upstream",
+        H3_H2: "mitmproxy's HTTP/3 reverse mode needs a TLS/QUIC upstream",
     }
 
     def available(self) -> str | None:

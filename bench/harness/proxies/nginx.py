@@ -5,7 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..settings import find_tool
-from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Context, Front, Proxy, first_line, render
+from .base import (
+    GRPC,
+    H1,
+    H2TLS,
+    H2TLS_H2,
+    H3,
+    H3_H2,
+    TCP,
+    Context,
+    Front,
+    Proxy,
+    first_line,
+    render,
+)
 
 STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
@@ -15,6 +28,7 @@ class Nginx(Proxy):
     label = "nginx"
     unsupported_kinds = {
         H3: "nginx 1.22 has no HTTP/3",
+        H3_H2: "nginx 1.22 has no HTTP/3 (nor HTTP proxying to an HTTP/2 upstream)",
         H2TLS_H2: "nginx cannot proxy HTTP to an HTTP/2 upstream (only grpc_pass)",
     }
 

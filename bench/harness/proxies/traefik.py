@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from ..settings import find_tool
-from .base import GRPC, H1, H2TLS, H2TLS_H2, H3, TCP, Context, Front, Proxy, first_line, render
+from .base import (
+    GRPC,
+    H1,
+    H2TLS,
+    H2TLS_H2,
+    H3_H2,
+    H3_KINDS,
+    TCP,
+    Context,
+    Front,
+    Proxy,
+    first_line,
+    render,
+)
 
 
 class Traefik(Proxy):
@@ -20,7 +33,8 @@ class Traefik(Proxy):
         return " ".join(out.replace("Version:", "traefik").split())
 
     def command(self, front: Front, ctx: Context) -> tuple[list[str], dict[str, str]]:
-        entry_extra = "    http3: {}" if front.kind == H3 else ""
+        # HTTP/3 on UDP on the same port as the entry point's TCP listener.
+        entry_extra = "    http3: {}" if front.kind in H3_KINDS else ""
         (ctx.run_dir / "static.yml").write_text(
             render(
                 "traefik/static.yml",
@@ -40,9 +54,9 @@ class Traefik(Proxy):
     def _dynamic(self, front: Front, ctx: Context) -> str:
         if front.kind == TCP:
             return render("traefik/dynamic-tcp.yml", backend=front.backend)
-        if front.kind not in (H1, H2TLS, H2TLS_H2, GRPC, H3):
+        if front.kind not in (H1, H2TLS, H2TLS_H2, GRPC, *H3_KINDS):
             raise ValueError(front.kind)
-        scheme = "h2c" if front.kind in (H2TLS_H2, GRPC) else "http"
+        scheme = "h2c" if front.kind in (H2TLS_H2, GRPC, H3_H2) else "http"
         router_tls = "" if front.kind == H1 else "      tls: {}"
         return render(
             "traefik/dynamic-http.yml",
