@@ -280,8 +280,9 @@ def test_text_log_format_writes_human_lines(echo_port: int) -> None:
 def test_listener_with_inactive_protocol_is_skipped_and_the_rest_served(
     echo_port: int, tls_files: dict[str, str], tmp_path: Path
 ) -> None:
-    """A ``quic`` listener (accepted by the config, not served yet in this
-    version) is logged as not bound; the other listeners still start."""
+    """A QUIC Mode B listener (``raw_proxy``: accepted by the config, not
+    served yet in this version) is logged as not bound; the other listeners
+    still start."""
     retry = tmp_path / "retry.key"
     retry.write_bytes(os.urandom(32))
     retry.chmod(0o600)
@@ -297,9 +298,9 @@ cert_path = "{tls_files["cert"]}"
 key_path = "{tls_files["key"]}"
 retry_secret_path = "{retry}"
 
-[[listeners.backends]]
-address = "127.0.0.1:{echo_port}"
-protocol = "h1"
+[listeners.quic.raw_proxy]
+backend_addr = "127.0.0.1:{echo_port}"
+sni = "localhost"
 """
     admin, port = free_port(), free_port()
     cfg = config(admin, quic, listener("tcp-in", port, "tcp", [echo_port]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from expressgateway.codec.h2.errors import H2ConnectionError
 from expressgateway.codec.h2.server import H2ServerCodec
@@ -55,6 +55,7 @@ class H2Front(MuxFront, asyncio.Protocol):
         self.peer_ip = admitted_ip or ""
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, MuxStreamFront] = {}
+        self.parked: list[Any] = []
         self.loop = asyncio.get_running_loop()
         self.deadline = math.inf
         self.closed = False
@@ -110,6 +111,7 @@ class H2Front(MuxFront, asyncio.Protocol):
         for front in streams.values():
             if front.stream is not None:
                 front.stream.on_front_closed()
+        self.release_parked()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -168,6 +170,7 @@ class H2Front(MuxFront, asyncio.Protocol):
     def drain(self) -> None:
         """Graceful shutdown: GOAWAY, let open streams finish."""
         self.draining = True
+        self.release_parked()
         self.codec.shutdown(self.loop.time())
         self.flush()
         if not self.streams and self.transport is not None:

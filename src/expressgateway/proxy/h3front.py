@@ -129,6 +129,7 @@ class H3Front(MuxFront):
             max_requests=rt.max_requests_per_h3_connection,
         )
         self.streams: dict[int, MuxStreamFront] = {}
+        self.parked: list[Any] = []
         self.blocked: dict[int, H3StreamFront] = {}
         self.draining = False
         self.closed = False
@@ -184,6 +185,7 @@ class H3Front(MuxFront):
             if codec.rejected_after_goaway or codec.requests >= codec.max_requests > 0:
                 _RECYCLED.labels(self.ctx.name).inc()
             self.draining = True
+            self.release_parked()
             self.close()
         if codec.rejected_after_goaway:
             _REFUSED_STREAMS.labels(self.ctx.name).inc(codec.rejected_after_goaway)
@@ -233,6 +235,7 @@ class H3Front(MuxFront):
         for front in streams.values():
             if front.stream is not None:
                 front.stream.on_front_closed()
+        self.release_parked()
 
     def close(self) -> None:
         """Close the connection (CONNECTION_CLOSE H3_NO_ERROR); it is
@@ -248,6 +251,7 @@ class H3Front(MuxFront):
     def drain(self) -> None:
         """Graceful shutdown: GOAWAY; close once open streams finish."""
         self.draining = True
+        self.release_parked()
         self.codec.goaway()
         self.flush()
         if not self.streams:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from expressgateway.codec.h2.events import GoAwayReceived, StreamRejected, WindowOpened
 from expressgateway.core.errors import DownstreamError
@@ -44,6 +44,7 @@ from expressgateway.proxy.forwarding import upstream_head
 from expressgateway.proxy.h2outbox import Outbox
 from expressgateway.proxy.stream import Stream
 from expressgateway.upstream.endpoint import Endpoint
+from expressgateway.upstream.pool import Pool
 
 if TYPE_CHECKING:
     from expressgateway.observability.metrics import CounterChild
@@ -58,6 +59,8 @@ _GRPC_REASONS = {
 }
 #: a health-check request message is tiny; anything bigger is not one
 HEALTH_BODY_CAP = 4096
+#: upstream HTTP/1.1 connections parked per client connection
+PARK_MAX = 64
 
 
 class MuxStreamFront:
@@ -178,10 +181,10 @@ class MuxStreamFront:
             self.conn.forget(self)
 
     def park_back(self, back: Back) -> None:
-        back.release()  # multiplexed clients share the pool
+        self.conn.park(back)
 
     def take_parked(self, ep: Endpoint) -> Back | None:
-        return None
+        return self.conn.take_parked(ep)
 
     def flush(self) -> None:
         self.conn.flush()
@@ -215,8 +218,41 @@ class MuxFront:
     draining: bool
     _streams_total: CounterChild
 
+    #: HTTP/1.1 upstream connections this client's streams finished with,
+    #: kept for its next streams (at most PARK_MAX, i.e. about its peak
+    #: concurrency); the rest go to the shared pool
+    parked: list[Any]
+
     def stream_front(self, sid: int) -> MuxStreamFront:
         return MuxStreamFront(self, sid)
+
+    def park(self, back: Back) -> None:
+        # Under many concurrent streams the shared idle pool (a few per peer)
+        # would close and reopen upstream connections on every request.
+        if self.draining or len(self.parked) >= PARK_MAX:
+            back.release()
+        else:
+            self.parked.append(back)
+
+    def take_parked(self, ep: Endpoint) -> Back | None:
+        parked = self.parked
+        key = ep.key
+        for i in range(len(parked) - 1, -1, -1):
+            back = parked[i]
+            if back.key == key:
+                del parked[i]
+                if back.alive():
+                    back.reused = True
+                    Pool.count_reuse()
+                    return cast("Back", back)
+                back.release()
+                return None
+        return None
+
+    def release_parked(self) -> None:
+        parked, self.parked = self.parked, []
+        for back in parked:
+            back.release()
 
     def flush(self) -> None:
         raise NotImplementedError

@@ -156,6 +156,13 @@ async def _build_udp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket)
     return Running(lc.name, udp=proto)
 
 
+def is_served(lc: ListenerConfig) -> bool:
+    """This version can run ``lc`` (QUIC Mode B, ``raw_proxy``, is not built yet)."""
+    if lc.protocol == "quic" and lc.quic is not None and lc.quic.raw_proxy is not None:
+        return False
+    return lc.protocol in BUILDERS
+
+
 def is_udp(lc: ListenerConfig) -> bool:
     return lc.protocol in ("udp", "quic")
 

@@ -27,8 +27,7 @@ from expressgateway.observability.admin import AdminProtocol, AdminState, Phase
 from expressgateway.observability.metrics import REGISTRY, merge_snapshots, render
 from expressgateway.runtime import features
 from expressgateway.runtime.control import ControlChannel
-from expressgateway.runtime.listeners import is_udp
-from expressgateway.runtime.protocols import BUILDERS
+from expressgateway.runtime.listeners import is_served, is_udp
 
 log = logging.getLogger("expressgateway.supervisor")
 
@@ -63,8 +62,8 @@ class Supervisor:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.nworkers = worker_count(cfg)
-        self.served = [lc for lc in cfg.listeners if lc.protocol in BUILDERS]
-        self.skipped = [lc for lc in cfg.listeners if lc.protocol not in BUILDERS]
+        self.served = [lc for lc in cfg.listeners if is_served(lc)]
+        self.skipped = [lc for lc in cfg.listeners if not is_served(lc)]
         self.sockets: list[list[socket.socket]] = []
         self.admin_sock: socket.socket | None = None
         self.state = AdminState(cfg.admin.api_token_hash)

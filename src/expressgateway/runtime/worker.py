@@ -24,7 +24,7 @@ from expressgateway.observability.logging import setup_logging
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.runtime import loop as loops
 from expressgateway.runtime.control import ControlChannel
-from expressgateway.runtime.listeners import Running, WorkerContext
+from expressgateway.runtime.listeners import Running, WorkerContext, is_served
 from expressgateway.runtime.protocols import BUILDERS
 
 log = logging.getLogger("expressgateway.worker")
@@ -79,7 +79,7 @@ class Worker:
         fds: list[int] = msg["fds"]
         try:
             # the supervisor binds (and sends fds for) active protocols only
-            served = [lc for lc in cfg.listeners if lc.protocol in BUILDERS]
+            served = [lc for lc in cfg.listeners if is_served(lc)]
             for lc, fd in zip(served, fds, strict=True):
                 kind = socket.SOCK_DGRAM if lc.protocol in ("udp", "quic") else socket.SOCK_STREAM
                 sock = socket.socket(fileno=fd, type=kind)
