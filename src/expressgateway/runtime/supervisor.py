@@ -28,6 +28,7 @@ from expressgateway.observability.metrics import REGISTRY, merge_snapshots, rend
 from expressgateway.runtime import features
 from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import is_served, is_udp
+from expressgateway.runtime.protocols import BUILDERS  # noqa: F401  (registers every protocol)
 
 log = logging.getLogger("expressgateway.supervisor")
 
