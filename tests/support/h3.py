@@ -537,7 +537,8 @@ class CurlResponse:
     status: int | None
     headers: Headers
     body: bytes
-    http_version: str
+    #: libcurl's CURL_HTTP_VERSION_*: 30 is HTTP/3
+    http_version: int
     error: str | None = None
 
 
@@ -570,6 +571,7 @@ def curl_h3(
             curl_options={CurlOpt.RESOLVE: [f"localhost:{port}:127.0.0.1"]},
         )
     except Exception as exc:
-        return CurlResponse(None, [], b"", "", f"{type(exc).__name__}: {exc}")
+        return CurlResponse(None, [], b"", 0, f"{type(exc).__name__}: {exc}")
+    # libcurl reports trailers among the headers
     pairs = [(k.lower(), v) for k, v in resp.headers.multi_items()]
-    return CurlResponse(resp.status_code, pairs, resp.content, str(resp.http_version))
+    return CurlResponse(resp.status_code, pairs, resp.content, int(resp.http_version))
