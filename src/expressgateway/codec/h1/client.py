@@ -107,6 +107,44 @@ class H1ClientCodec(BodyFramer):
     (``None``: unbounded) the body. Broken limits raise ``UpstreamError``
     with status 502."""
 
+    __slots__ = (
+        "_active",
+        "_body_total",
+        "_broken",
+        "_cb_error",
+        "_chunked",
+        "_cl",
+        "_close_delimited",
+        "_conn",
+        "_error",
+        "_feed_len",
+        "_head_fed",
+        "_headers",
+        "_in_1xx",
+        "_in_body",
+        "_informational",
+        "_max_body",
+        "_max_header_bytes",
+        "_max_headers",
+        "_method",
+        "_names",
+        "_nspecial",
+        "_parser",
+        "_parser_idle",
+        "_remaining",
+        "_sink",
+        "_special_size",
+        "_stall",
+        "_started",
+        "_te",
+        "_trailers",
+        "_tunnel",
+        "_upgrade",
+        "_ws_sent",
+        "keep_alive",
+        "response_complete",
+    )
+
     def __init__(
         self,
         *,
@@ -114,6 +152,7 @@ class H1ClientCodec(BodyFramer):
         max_headers: int = 256,
         max_response_body_bytes: int | None = None,
     ) -> None:
+        super().__init__()
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
         self._max_body = max_response_body_bytes

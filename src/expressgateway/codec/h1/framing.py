@@ -54,13 +54,24 @@ class BodyFramer:
     encodes a head; ``encode_body`` and ``encode_trailers`` then frame.
     ``out_complete`` is true once the message has been fully encoded."""
 
-    _out_mode: int = NONE
-    _out_remaining: int = 0
-    #: send trailers in a chunked message (else they are dropped)
-    _out_trailers: bool = False
-    out_complete: bool = True
-    #: fields dropped as invalid while encoding (CR/LF/NUL, bad names)
-    invalid_headers_dropped: int = 0
+    # Slotted, like the codecs built on it: an idle keep-alive connection
+    # holds one codec, and a __dict__ per codec costs about 1 KiB each.
+    __slots__ = (
+        "_out_mode",
+        "_out_remaining",
+        "_out_trailers",
+        "invalid_headers_dropped",
+        "out_complete",
+    )
+
+    def __init__(self) -> None:
+        self._out_mode = NONE
+        self._out_remaining = 0
+        #: send trailers in a chunked message (else they are dropped)
+        self._out_trailers = False
+        self.out_complete = True
+        #: fields dropped as invalid while encoding (CR/LF/NUL, bad names)
+        self.invalid_headers_dropped = 0
 
     def encode_body(self, data: bytes, end_stream: bool = False) -> bytes:
         """Frame a piece of body. Content-length: the bytes as they are (the

@@ -130,6 +130,60 @@ class H1ServerCodec(BodyFramer):
     ``max_header_bytes + 256 KiB``, one full socket read past a request).
     """
 
+    __slots__ = (
+        "_body_remaining",
+        "_body_total",
+        "_cb_error",
+        "_chunked",
+        "_cl",
+        "_conn",
+        "_error",
+        "_expect",
+        "_fast",
+        "_feed_len",
+        "_head_fed",
+        "_headers",
+        "_held",
+        "_held_error",
+        "_host",
+        "_in_body",
+        "_manual_remaining",
+        "_max_body",
+        "_max_buffered",
+        "_max_header_bytes",
+        "_max_headers",
+        "_names",
+        "_nspecial",
+        "_parse_entry",
+        "_parser",
+        "_rare",
+        "_raw",
+        "_scheme",
+        "_sink",
+        "_special_size",
+        "_stall",
+        "_state",
+        "_strict_te",
+        "_te",
+        "_te_trailers",
+        "_trailers",
+        "_tunnel",
+        "_tunnel_buffer",
+        "_underscore",
+        "_upgrade",
+        "_url",
+        "_ws_key",
+        "_ws_version",
+        "expect_continue",
+        "http_minor",
+        "keep_alive",
+        "method",
+        "request_complete",
+        "response_keep_alive",
+        "te_trailers",
+        "websocket",
+    )
+
     def __init__(
         self,
         *,
@@ -141,6 +195,7 @@ class H1ServerCodec(BodyFramer):
         scheme: bytes = b"http",
         max_buffered_bytes: int | None = None,
     ) -> None:
+        super().__init__()
         if underscore_policy not in ("reject", "drop", "allow"):
             raise ValueError(f"underscore_policy: {underscore_policy!r}")
         self._max_header_bytes = max_header_bytes
