@@ -1,0 +1,1 @@
+"""Tests of the HTTP/3 codecs (expressgateway.codec.h3)."""
