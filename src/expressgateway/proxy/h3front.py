@@ -42,6 +42,8 @@ STREAM_WINDOW = 64 * 1024
 #: unacknowledged response bytes per stream before the upstream is paused
 STREAM_HIGH = 256 * 1024
 STREAM_LOW = 64 * 1024
+#: longest wait for the client's ACKs before a requested close goes out anyway
+CLOSE_LINGER = 5.0
 
 _STREAMS = REGISTRY.counter("h3_streams_total", "HTTP/3 request streams opened.", ("listener",))
 _RECYCLED = REGISTRY.counter(
@@ -141,6 +143,8 @@ class H3Front(MuxFront):
         self.timer: asyncio.TimerHandle | None = None
         self.timer_at: float | None = None
         self.flush_pending = False
+        #: when close() was asked (the close waits for the last bytes' ACKs)
+        self.closing_since: float | None = None
         self._streams_total = _STREAMS.labels(ctx.name)
         self.deadline = self.loop.time() + ctx.sweeper.interval
         ctx.sweeper.add(self)
@@ -187,6 +191,8 @@ class H3Front(MuxFront):
             self.draining = True
             self.release_parked()
             self.close()
+        if self.closing_since is not None:
+            self._close_when_acked()
         if codec.rejected_after_goaway:
             _REFUSED_STREAMS.labels(self.ctx.name).inc(codec.rejected_after_goaway)
             codec.rejected_after_goaway = 0
@@ -238,10 +244,34 @@ class H3Front(MuxFront):
         self.release_parked()
 
     def close(self) -> None:
-        """Close the connection (CONNECTION_CLOSE H3_NO_ERROR); it is
-        forgotten once QUIC's closing period ends."""
+        """Close the connection (CONNECTION_CLOSE H3_NO_ERROR) once what the
+        streams sent has been acknowledged (a close discards unsent and
+        unacknowledged data, and a lost packet could not be resent), or
+        after :data:`CLOSE_LINGER` seconds; it is forgotten once QUIC's
+        closing period ends."""
+        if self.closing_since is None:
+            self.closing_since = self.loop.time()
+        self.flush()
+        self._close_when_acked()
+
+    def _close_when_acked(self) -> None:
+        if self.closing_since is None or self.quic._close_event is not None:
+            return
+        if self._unacked() and self.loop.time() - self.closing_since < CLOSE_LINGER:
+            return
         self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
         self.flush()
+
+    def _unacked(self) -> bool:
+        """Some request stream still has response bytes or its FIN in flight."""
+        for sid, qs in self.quic._streams.items():
+            if sid % 4 == 0 and not qs.sender.is_finished:
+                sender = qs.sender
+                if sender._buffer_stop > sender._buffer_start or (
+                    sender._buffer_fin is not None and not sender._acked_fin
+                ):
+                    return True
+        return False
 
     def abort(self) -> None:
         self.quic.close(error_code=ErrorCode.H3_NO_ERROR)
@@ -260,6 +290,8 @@ class H3Front(MuxFront):
     def on_deadline(self, now: float) -> None:
         for front in list(self.streams.values()):
             front.check(now)
+        if self.closing_since is not None:
+            self._close_when_acked()
         self.flush()
         self.deadline = now + self.ctx.sweeper.interval
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from aioquic.h3.exceptions import NoAvailablePushIDError
 
 from expressgateway.codec.h2.events import StreamRejected
 from expressgateway.core.errors import Retry, UpstreamError
@@ -418,20 +419,21 @@ def test_push_is_not_invited(client_pair: ClientPair) -> None:
     assert [ftype for ftype, _ in frames if ftype == 0xD] == []  # MAX_PUSH_ID
 
 
-def test_a_pushed_response_is_ignored(client_pair: ClientPair) -> None:
+def test_the_backend_cannot_push_since_no_push_id_was_granted(client_pair: ClientPair) -> None:
+    """No MAX_PUSH_ID from the gateway (RFC 9114 §4.6): the backend has no
+    push id to promise with, and the real response still arrives."""
     sid = request(client_pair)
     server = client_pair.server.h3
-    push = server.send_push_promise(
-        sid,
-        [
-            (b":method", b"GET"),
-            (b":scheme", b"https"),
-            (b":authority", b"example.com"),
-            (b":path", b"/p"),
-        ],
-    )
-    server.send_headers(push, OK)
-    server.send_data(push, b"pushed", end_stream=True)
+    with pytest.raises(NoAvailablePushIDError):
+        server.send_push_promise(
+            sid,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", b"example.com"),
+                (b":path", b"/p"),
+            ],
+        )
     out = client_pair.respond(sid, OK, b"real")
     assert out == [(sid, ResponseHead(200, [], False, None)), (sid, Body(b"real", True))]
     assert client_pair.codec.terminated is None

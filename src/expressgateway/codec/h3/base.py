@@ -95,6 +95,13 @@ class H3Codec:
                 else:
                     self._on_quic(qe, out)
                 continue
+            if isinstance(qe, StopSendingReceived) and not self._stop_ends(qe):
+                # RFC 9114 §4.1: H3_NO_ERROR: the peer answered without
+                # needing the rest of our message; its answer still counts
+                st = self.streams.get(qe.stream_id)
+                if st is not None:
+                    self._local_end(st)
+                continue
             st = self.streams.pop(qe.stream_id, None)
             if st is None:
                 continue
@@ -112,6 +119,11 @@ class H3Codec:
         return out
 
     _reset_reason = "client_reset"
+
+    def _stop_ends(self, qe: StopSendingReceived) -> bool:
+        """Does the peer's STOP_SENDING end the exchange? (On the server,
+        always: the client wants no more of the response.)"""
+        return True
 
     def _on_quic(self, qe: QuicEvent, out: Output) -> None:
         if isinstance(qe, ConnectionIdIssued):

@@ -8,7 +8,9 @@ after its id into ``Reset(REFUSED_STREAM)``: not processed, safe to retry.
 
 from __future__ import annotations
 
+from aioquic.h3.connection import ErrorCode
 from aioquic.h3.events import HeadersReceived
+from aioquic.quic.events import StopSendingReceived
 
 from expressgateway.codec.h2.events import GoAwayReceived
 from expressgateway.codec.h2.validate import (
@@ -51,6 +53,9 @@ class H3ClientCodec(H3Codec):
         self.scheme = scheme
         self.max_streams = max_streams
         self.goaway_seen = False
+
+    def _stop_ends(self, qe: StopSendingReceived) -> bool:
+        return qe.error_code != ErrorCode.H3_NO_ERROR
 
     def can_open_stream(self) -> bool:
         return (

@@ -82,17 +82,75 @@ class GatewayH3(H3Connection):
         self.dead: dict[int, None] = {}
         #: the peer's GOAWAY id (first stream / push it will not process)
         self.goaway_id: int | None = None
+        #: scanning state of the peer's control stream (see _scan_control)
+        self._ctl_buf = b""
+        self._ctl_typed = False
+        self._ctl_skip = 0
         super().__init__(quic)
         self._max_table_capacity = 0
         self._blocked_streams = 0
         self._decoder = pylsqpack.Decoder(0, 0)
+
+    def _init_connection(self) -> None:
+        # a proxy ignores pushed responses: do not invite any (no MAX_PUSH_ID)
+        self._max_push_id = None
+        super()._init_connection()
 
     def _get_local_settings(self) -> dict[int, int]:
         settings = super()._get_local_settings()
         settings[Setting.QPACK_MAX_TABLE_CAPACITY] = 0
         settings[Setting.QPACK_BLOCKED_STREAMS] = 0
         settings[Setting.MAX_FIELD_SECTION_SIZE] = self.max_field_section
+        # extended CONNECT (RFC 9220) is not served: do not advertise it
+        settings.pop(Setting.ENABLE_CONNECT_PROTOCOL, None)
         return settings
+
+    def _receive_stream_data_uni(self, stream: Any, data: bytes, stream_ended: bool) -> Any:
+        events = super()._receive_stream_data_uni(stream, data, stream_ended)
+        if stream.stream_id == self._peer_control_stream_id and data:
+            self._scan_control(data)
+        return events
+
+    def _scan_control(self, data: bytes) -> None:
+        """Find GOAWAY on the peer's control stream (aioquic validates the
+        control stream but drops GOAWAY's payload). Only GOAWAY payloads are
+        buffered; other frames are skipped as they pass."""
+        buf = self._ctl_buf + data
+        pos = 0
+        if not self._ctl_typed:  # the stream-type varint opens the stream
+            b = Buffer(data=buf)
+            try:
+                b.pull_uint_var()
+            except BufferReadError:
+                self._ctl_buf = buf
+                return
+            pos = b.tell()
+            self._ctl_typed = True
+        while pos < len(buf):
+            if self._ctl_skip:
+                n = min(self._ctl_skip, len(buf) - pos)
+                self._ctl_skip -= n
+                pos += n
+                continue
+            b = Buffer(data=buf[pos:])
+            try:
+                frame_type = b.pull_uint_var()
+                length = b.pull_uint_var()
+            except BufferReadError:
+                break
+            if frame_type != FrameType.GOAWAY:
+                pos += b.tell()
+                self._ctl_skip = length
+                continue
+            if len(buf) - pos - b.tell() < length:
+                break
+            payload = buf[pos + b.tell() : pos + b.tell() + length]
+            try:
+                self.goaway_id = Buffer(data=payload).pull_uint_var()
+            except BufferReadError:
+                raise _h3.FrameError("malformed GOAWAY frame") from None
+            pos += b.tell() + length
+        self._ctl_buf = buf[pos:][:64]
 
     def _decode_headers(self, stream_id: int, frame_data: bytes | None) -> list[Any]:
         if frame_data is not None and len(frame_data) > self.max_field_section:
@@ -138,14 +196,6 @@ class GatewayH3(H3Connection):
         self.dead[sid] = None
         if len(self.dead) > _DEAD_MAX:
             del self.dead[next(iter(self.dead))]
-
-    def _handle_control_frame(self, frame_type: int, frame_data: bytes) -> None:
-        super()._handle_control_frame(frame_type, frame_data)
-        if frame_type == FrameType.GOAWAY:
-            try:
-                self.goaway_id = Buffer(data=frame_data).pull_uint_var()
-            except BufferReadError:
-                raise _h3.FrameError("malformed GOAWAY frame") from None
 
     def send_goaway(self, stream_id: int) -> None:
         """GOAWAY: streams from ``stream_id`` on will not be processed."""

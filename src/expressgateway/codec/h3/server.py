@@ -157,6 +157,9 @@ class H3ServerCodec(H3Codec):
             self._remote_end(st)
 
     def _on_trailers(self, st: H3Stream, headers: Headers, end: bool, out: Output) -> None:
+        if st.sid not in self.quic.held:
+            self._remote_end(st)  # a refused request: its answer is out or due
+            return
         try:
             fields = trailer_fields(headers, self.max_headers, self.max_list)  # type: ignore[arg-type]
         except StreamError as exc:
