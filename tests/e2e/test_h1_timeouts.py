@@ -4,6 +4,7 @@ and what the client gets when the upstream refuses, hangs or is missing."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from tests.support.h1 import (
     get,
     h1_config,
     h1_listener,
+    recv_until_close,
     request,
 )
 from tests.support.processes import origin
@@ -226,3 +228,23 @@ def test_upstream_reset_before_the_response_is_502() -> None:
         assert resp.status == 502
     finally:
         srv.close()
+
+
+def test_listener_drain_timeout_overrides_the_runtime_one(origin_port: int) -> None:
+    """A listener's own ``drain_timeout_ms`` (8 s) outlasts ``[runtime]``'s
+    (1 s): a response still streaming at SIGTERM completes."""
+    port, admin = free_port(), free_port()
+    listener = (
+        f'\n[[listeners]]\nname = "slow"\naddress = "127.0.0.1:{port}"\nprotocol = "h1"\n'
+        f"drain_timeout_ms = 8000\n"
+        f'\n[[listeners.backends]]\naddress = "127.0.0.1:{origin_port}"\nprotocol = "h1"\n'
+    )
+    with gateway(h1_config(admin, listener), admin_port=admin) as gw:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /slow-body/2500 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            head = sock.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGTERM)
+            data = head + recv_until_close(sock, timeout=10)
+        assert data.endswith(b"\r\n\r\ndone"), data[-200:]

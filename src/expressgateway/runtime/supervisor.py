@@ -310,7 +310,15 @@ class Supervisor:
 
     async def _stop_workers(self, *, drain: bool) -> None:
         self.stopping = True
-        timeout_ms = self.cfg.runtime.drain_timeout_ms if drain else 0
+        # the longest drain any listener asks for (per-listener cut-offs: #7)
+        timeout_ms = (
+            max(
+                [self.cfg.effective_drain(lc)[0] for lc in self.cfg.listeners]
+                or [self.cfg.runtime.drain_timeout_ms]
+            )
+            if drain
+            else 0
+        )
         for h in self.workers:
             if h.channel is not None:
                 h.channel.send({"op": "drain", "timeout_ms": timeout_ms})
