@@ -19,12 +19,29 @@ from typing import Literal
 from expressgateway.config import checks
 from expressgateway.config.checks import split_host_port
 from expressgateway.config.schema import FileRule, Range, feature_uses, setting
+from expressgateway.config.traffic import (
+    HASH_KEY,
+    HEADER_LINE,
+    HEADER_MATCH,
+    HEADER_NAME,
+    HOST_PATTERN,
+    METHOD,
+    PATH,
+    REGEX,
+    AffinityConfig,
+    CircuitBreakerConfig,
+    HealthCheckConfig,
+    OutlierConfig,
+    Policy,
+    RetryConfig,
+)
 
 __all__ = [
     "AdminConfig",
     "AltSvcConfig",
     "BackendConfig",
     "BackendProtocol",
+    "ClusterConfig",
     "Config",
     "GrpcConfig",
     "H2SecurityConfig",
@@ -36,6 +53,7 @@ __all__ = [
     "PoolConfig",
     "QuicConfig",
     "RawProxyConfig",
+    "RouteConfig",
     "RuntimeConfig",
     "RuntimeTlsConfig",
     "SecurityConfig",
@@ -472,6 +490,98 @@ class UdpConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """A named pool (`[[clusters]]`, new): backends, how one is picked, and
+    how the gateway keeps traffic off bad ones. Listeners use it with
+    `cluster = "NAME"` or through routes."""
+
+    name: str = setting("Cluster name (unique; a metric label).", check=checks.LISTENER_NAME)
+    policy: Policy = setting(
+        "Balancing policy (docs/traffic.md describes each). Weights are honoured by "
+        "the weighted policies, least_request, p2c, ewma, ring_hash and maglev.",
+        default="round_robin",
+    )
+    hash_key: str | None = setting(
+        "What `ring_hash` and `maglev` hash; unset: the client address.",
+        default=None,
+        check=HASH_KEY,
+    )
+    panic_threshold_percent: int = setting(
+        "Below this share of healthy backends, traffic goes to all of them.",
+        default=50,
+        range=Range(0, 100, or_zero=True),
+    )
+    dns_refresh_ms: int = setting(
+        "How often host names of backends are resolved again (every address is an "
+        "endpoint; a failed lookup keeps the last answer).",
+        default=30_000,
+        range=Range(1000, 86_400_000),
+    )
+    backends: tuple[BackendConfig, ...] = setting(
+        "The cluster's backends (same keys as `[[listeners.backends]]`).",
+        min_items=1,
+    )
+    affinity: AffinityConfig | None = setting("Session affinity.", default=None)
+    health_check: HealthCheckConfig | None = setting("Active health checks.", default=None)
+    outlier: OutlierConfig | None = setting("Passive health: outlier ejection.", default=None)
+    retry: RetryConfig = setting("Retry policy of the cluster.", factory=RetryConfig)
+    circuit_breaker: CircuitBreakerConfig = setting(
+        "Connection and request limits.", factory=CircuitBreakerConfig
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteConfig:
+    """A route of an HTTP listener (`[[listeners.routes]]`, new): requests
+    that match go to `cluster`. Routes are tried in order, the first match
+    wins; no match goes to the listener's default pool (`cluster` or inline
+    backends), else 404. Every condition given must hold."""
+
+    name: str | None = setting(
+        "Route name (a metric label); unset: `route<N>`.",
+        default=None,
+        check=checks.LISTENER_NAME,
+    )
+    cluster: str = setting("Cluster the matching requests go to.", check=checks.NONEMPTY)
+    hosts: tuple[str, ...] = setting(
+        "Host (authority without port) equal to one of these; `*.example.com` matches "
+        "any subdomain (not example.com itself).",
+        default=(),
+        check=HOST_PATTERN,
+    )
+    path_exact: str | None = setting("Path (before `?`) equal to this.", default=None, check=PATH)
+    path_prefix: str | None = setting("Path starting with this.", default=None, check=PATH)
+    path_regex: str | None = setting(
+        "Path (before `?`) fully matching this regular expression.", default=None, check=REGEX
+    )
+    methods: tuple[str, ...] = setting("Method is one of these.", default=(), check=METHOD)
+    headers: tuple[str, ...] = setting(
+        '`"name"`: the header is present; `"name: value"`: some field of that name equals value.',
+        default=(),
+        check=HEADER_MATCH,
+    )
+    prefix_rewrite: str | None = setting(
+        "Replace the matched `path_prefix` with this before forwarding.",
+        default=None,
+        check=PATH,
+    )
+    request_headers_add: tuple[str, ...] = setting(
+        '`"name: value"` fields added to the forwarded request.', default=(), check=HEADER_LINE
+    )
+    request_headers_remove: tuple[str, ...] = setting(
+        "Fields removed from the forwarded request.", default=(), check=HEADER_NAME
+    )
+    timeout_ms: int | None = setting(
+        "Total time for a request on this route; unset: the listener's `total_timeout_ms`.",
+        default=None,
+        range=Range(10, 86_400_000),
+    )
+    retry: RetryConfig | None = setting(
+        "Retries for this route; unset: the cluster's.", default=None
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ListenerConfig:
     """A listening socket (`[[listeners]]`) and its backend pool."""
 
@@ -536,9 +646,23 @@ class ListenerConfig:
         range=Range(0, 300_000),
     )
     backends: tuple[BackendConfig, ...] = setting(
-        "The backend pool. A non-QUIC listener without backends is skipped at start.",
+        "The backend pool (round robin, no health checks; use `cluster` for more). A "
+        "listener without backends, cluster or routes is skipped at start.",
         default=(),
         reload="swappable",
+    )
+    cluster: str | None = setting(
+        "Default pool by name (`[[clusters]]`), instead of inline `backends`.",
+        default=None,
+        reload="swappable",
+        check=checks.NONEMPTY,
+        new=True,
+    )
+    routes: tuple[RouteConfig, ...] = setting(
+        "Routes (`h1`, `h1s`, `quic` only), tried in order before the default pool.",
+        default=(),
+        reload="swappable",
+        new=True,
     )
 
     @property
@@ -845,6 +969,12 @@ class Config:
     )
     pool: PoolConfig = setting(
         "Upstream connection pools.", factory=PoolConfig, reload="swappable", new=True
+    )
+    clusters: tuple[ClusterConfig, ...] = setting(
+        "Named pools used by listeners (`cluster`) and routes.",
+        default=(),
+        reload="swappable",
+        new=True,
     )
     passthrough: PassthroughConfig | None = setting(
         "QUIC Mode A passthrough.", default=None, reload="restart", feature="passthrough"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from expressgateway.config.build import BuildContext, is_valid
 from expressgateway.config.checks import HostPort, is_loopback, split_host_port
 from expressgateway.config.errors import Problem
-from expressgateway.config.model import BackendConfig, Config, ListenerConfig
+from expressgateway.config.model import BackendConfig, ClusterConfig, Config, ListenerConfig
 
 __all__ = ["RULES", "Rule", "run_rules"]
 
@@ -61,12 +61,45 @@ def _listeners(cfg: Config) -> Iterator[tuple[str, ListenerConfig]]:
 
 
 def _backends(cfg: Config) -> Iterator[tuple[str, ListenerConfig, str, BackendConfig]]:
+    """Every backend a listener may send to: its own, and those of the
+    clusters it names (as default pool or in routes)."""
+    clusters = _clusters_by_name(cfg)
     for lpath, listener in _listeners(cfg):
-        if not is_valid(listener.backends):
-            continue
-        for j, backend in enumerate(listener.backends):
-            if is_valid(backend):
-                yield lpath, listener, f"{lpath}.backends[{j}]", backend
+        if is_valid(listener.backends):
+            for j, backend in enumerate(listener.backends):
+                if is_valid(backend):
+                    yield lpath, listener, f"{lpath}.backends[{j}]", backend
+        for cpath, cluster in _clusters_of(listener, clusters):
+            for j, backend in enumerate(cluster.backends):
+                if is_valid(backend):
+                    yield lpath, listener, f"{cpath}.backends[{j}]", backend
+
+
+def _clusters(cfg: Config) -> Iterator[tuple[str, ClusterConfig]]:
+    if not is_valid(cfg.clusters):
+        return
+    for i, cluster in enumerate(cfg.clusters):
+        if is_valid(cluster) and is_valid(cluster.backends):
+            yield f"clusters[{i}]", cluster
+
+
+def _clusters_by_name(cfg: Config) -> dict[str, tuple[str, ClusterConfig]]:
+    out: dict[str, tuple[str, ClusterConfig]] = {}
+    for path, cluster in _clusters(cfg):
+        if is_valid(cluster.name):
+            out.setdefault(cluster.name, (path, cluster))
+    return out
+
+
+def _clusters_of(
+    listener: ListenerConfig, clusters: dict[str, tuple[str, ClusterConfig]]
+) -> list[tuple[str, ClusterConfig]]:
+    names = []
+    if is_valid(listener.cluster) and listener.cluster is not None:
+        names.append(listener.cluster)
+    if is_valid(listener.routes):
+        names.extend(r.cluster for r in listener.routes if is_valid(r) and is_valid(r.cluster))
+    return [clusters[n] for n in dict.fromkeys(names) if n in clusters]
 
 
 @rule("At least one `[[listeners]]` or a `[passthrough]` block is required.")
@@ -207,7 +240,18 @@ def _quic_one_family(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
     "not allowed on `udp` backends."
 )
 def _backend_tls_keys(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
-    for _, _, path, be in _backends(cfg):
+    seen: set[str] = set()
+    every = [(path, be) for _, _, path, be in _backends(cfg)]
+    every += [
+        (f"{cpath}.backends[{j}]", be)
+        for cpath, cluster in _clusters(cfg)
+        for j, be in enumerate(cluster.backends)
+        if is_valid(be)
+    ]
+    for path, be in every:
+        if path in seen:
+            continue
+        seen.add(path)
         if not is_valid(be.protocol, be.tls):
             continue
         if be.protocol == "udp" and be.tls:
@@ -396,3 +440,91 @@ def _pool_caps(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
             pool.per_peer_max,
             f"exceeds pool.total_max ({pool.total_max})",
         )
+
+
+@rule(
+    "Clusters: names are unique; a listener's `cluster` and every route's `cluster` "
+    "name a `[[clusters]]` entry; a listener has `cluster` or inline `backends`, not "
+    "both; routes only on `h1`, `h1s` and `quic`; a route has at most one of "
+    "`path_exact`, `path_prefix`, `path_regex`, and `prefix_rewrite` only with "
+    "`path_prefix`; `hash_key` only with `ring_hash` or `maglev`; header affinity "
+    "needs `header_name`; cookie affinity only for HTTP listeners; an `h3` backend "
+    "of a cluster that verifies its peer needs `tls_ca_path`."
+)
+def _clusters_and_routes(cfg: Config, ctx: BuildContext) -> Iterator[Problem]:
+    names: dict[str, str] = {}
+    for path, cluster in _clusters(cfg):
+        if not is_valid(cluster.name):
+            continue
+        if cluster.name in names:
+            yield Problem(f"{path}.name", cluster.name, f"already used by {names[cluster.name]}")
+        else:
+            names[cluster.name] = path
+        if (
+            cluster.hash_key is not None
+            and is_valid(cluster.policy, cluster.hash_key)
+            and cluster.policy not in ("ring_hash", "maglev")
+        ):
+            yield Problem(
+                f"{path}.hash_key",
+                cluster.hash_key,
+                f"only used by ring_hash and maglev (policy is '{cluster.policy}')",
+            )
+        aff = cluster.affinity
+        if aff is not None and is_valid(aff) and aff.mode == "header" and aff.header_name is None:
+            yield Problem(f"{path}.affinity.header_name", None, 'required with mode = "header"')
+        for j, be in enumerate(cluster.backends):
+            if (
+                is_valid(be)
+                and be.protocol == "h3"
+                and is_valid(be.tls_verify_peer, be.tls_ca_path)
+                and be.tls_verify_peer
+                and be.tls_ca_path is None
+            ):
+                yield Problem(
+                    f"{path}.backends[{j}].tls_ca_path",
+                    None,
+                    "required for an h3 backend when tls_verify_peer = true",
+                )
+    clusters = _clusters_by_name(cfg)
+    for lpath, lst in _listeners(cfg):
+        if lst.cluster is not None and is_valid(lst.cluster):
+            if lst.cluster not in names:
+                yield Problem(
+                    f"{lpath}.cluster", lst.cluster, "no [[clusters]] entry has this name"
+                )
+            if is_valid(lst.backends) and lst.backends:
+                yield Problem(
+                    f"{lpath}.cluster",
+                    lst.cluster,
+                    "a listener takes cluster or inline backends, not both",
+                )
+        if not is_valid(lst.routes, lst.protocol):
+            continue
+        http = lst.protocol in ("h1", "h1s", "quic")
+        if lst.routes and not http:
+            yield Problem(f"{lpath}.routes", None, f"not allowed on a '{lst.protocol}' listener")
+            continue
+        for k, route in enumerate(lst.routes):
+            rpath = f"{lpath}.routes[{k}]"
+            if not is_valid(route):
+                continue
+            if route.cluster not in names:
+                yield Problem(
+                    f"{rpath}.cluster", route.cluster, "no [[clusters]] entry has this name"
+                )
+            forms = [f for f in ("path_exact", "path_prefix", "path_regex") if getattr(route, f)]
+            if len(forms) > 1:
+                yield Problem(rpath, None, "only one of " + ", ".join(forms))
+            if route.prefix_rewrite is not None and route.path_prefix is None:
+                yield Problem(f"{rpath}.prefix_rewrite", route.prefix_rewrite, "needs path_prefix")
+        if not http:
+            for cpath, cluster in _clusters_of(lst, clusters):
+                aff = cluster.affinity
+                if aff is not None and is_valid(aff) and aff.mode == "cookie":
+                    yield Problem(
+                        f"{cpath}.affinity.mode",
+                        "cookie",
+                        f"cookie affinity needs an HTTP listener; {lpath} is '{lst.protocol}'",
+                        'use mode = "source_ip" for L4 listeners',
+                    )
