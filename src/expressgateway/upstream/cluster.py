@@ -20,10 +20,12 @@ listener (round robin, no checks).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.config.model import BackendConfig, ClusterConfig
@@ -83,18 +85,23 @@ def endpoint_of(b: BackendConfig) -> Endpoint:
 def _make_balancer(cfg: ClusterConfig | None, endpoints: list[Endpoint]) -> Balancer:
     if cfg is None:
         return RoundRobin(endpoints)
-    try:
-        from expressgateway.upstream.policies import make_balancer
-    except ImportError:  # pragma: no cover - policies land with issue #6
+    try:  # the policies module arrives with issue #6's policy work
+        policies = importlib.import_module("expressgateway.upstream.policies")
+    except ImportError:  # pragma: no cover
         return RoundRobin(endpoints)
+    make_balancer = policies.make_balancer
     aff = cfg.affinity
-    return make_balancer(
-        cfg.policy,
-        endpoints,
-        hash_key=cfg.hash_key or (f"header:{aff.header_name}" if aff and aff.header_name else None),
-        affinity=aff.mode if aff else None,
-        affinity_name=aff.cookie_name if aff else None,
-        panic_threshold=cfg.panic_threshold_percent,
+    return cast(
+        Balancer,
+        make_balancer(
+            cfg.policy,
+            endpoints,
+            hash_key=cfg.hash_key
+            or (f"header:{aff.header_name}" if aff and aff.header_name else None),
+            affinity=aff.mode if aff else None,
+            affinity_name=aff.cookie_name if aff else None,
+            panic_threshold=cfg.panic_threshold_percent,
+        ),
     )
 
 
