@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 
 @dataclass(slots=True, eq=False)
 class Endpoint:
     """One backend address. Mutable counters feed load-aware policies."""
+
+    #: bumped whenever any endpoint's ``healthy`` flag flips (see the setter
+    #: installed below), so a balancer can cache its candidate list and check
+    #: one integer per pick instead of rescanning every endpoint
+    health_epoch: ClassVar[int] = 0
 
     host: str
     port: int
@@ -24,6 +30,11 @@ class Endpoint:
     healthy: bool = True
     #: identity of a pooled connection to this endpoint (see upstream/pool.py)
     key: tuple[str, int, bool, str, bool, str] = ()  # type: ignore[assignment]
+    #: peak-EWMA latency in seconds (the ``ewma`` policy); negative: no
+    #: response measured yet
+    ewma: float = field(default=-1.0, repr=False)
+    #: clock reading of the last ``ewma`` update
+    ewma_stamp: float = field(default=0.0, repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -41,3 +52,27 @@ class Endpoint:
     @property
     def sni(self) -> str:
         return self.tls_verify_hostname or self.host
+
+
+# ``healthy`` stays a plain dataclass field (constructor argument, repr,
+# replace()), but its slot is wrapped in a property whose setter bumps
+# Endpoint.health_epoch when the value changes. Reads go straight to the
+# slot's C getter; ``active`` and the other hot counters are untouched.
+_healthy_slot: Any = Endpoint.__dict__["healthy"]
+_get_healthy = _healthy_slot.__get__
+_set_healthy_slot = _healthy_slot.__set__
+
+
+def _set_healthy(ep: Endpoint, value: bool) -> None:
+    value = bool(value)
+    try:
+        old = _get_healthy(ep)
+    except AttributeError:  # first assignment, in __init__
+        _set_healthy_slot(ep, value)
+        return
+    if old != value:
+        _set_healthy_slot(ep, value)
+        Endpoint.health_epoch += 1
+
+
+setattr(Endpoint, "healthy", property(_get_healthy, _set_healthy, doc="Takes new traffic."))  # noqa: B010
