@@ -29,6 +29,7 @@ from expressgateway.runtime import features
 from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import is_served, is_udp
 from expressgateway.runtime.protocols import BUILDERS  # noqa: F401  (registers every protocol)
+from expressgateway.upstream.health import HealthChecker
 
 log = logging.getLogger("expressgateway.supervisor")
 
@@ -72,6 +73,9 @@ class Supervisor:
         self.stopping = False
         self.stop_event: asyncio.Event | None = None
         self._ids = itertools.count(1)
+        #: active health checks (once per gateway) and their latest verdicts
+        self.health: HealthChecker | None = None
+        self.verdicts: dict[tuple[str, str], bool] = {}
 
     # -- binding ----------------------------------------------------------------
     def bind(self) -> None:
@@ -140,6 +144,12 @@ class Supervisor:
             _WORKERS.inc()
             if handle.ready is not None and not handle.ready.done():
                 handle.ready.set_result(None)
+            # a (re)started worker believes every backend is up: tell it which are not
+            for (cluster, backend), up in self.verdicts.items():
+                if not up and handle.channel is not None:
+                    handle.channel.send(
+                        {"op": "health", "cluster": cluster, "backend": backend, "up": False}
+                    )
         elif op == "error":
             log.error("worker %d failed: %s", handle.index, msg.get("message"))
             if handle.ready is not None and not handle.ready.done():
@@ -203,6 +213,22 @@ class Supervisor:
             await asyncio.wait_for(handle.ready, BOOT_TIMEOUT)
         except Exception as exc:
             log.error("worker %d restart failed: %s", handle.index, exc)
+
+    # -- active health checks ---------------------------------------------------------
+    def _on_health(self, cluster: str, backend: str, up: bool) -> None:
+        """A verdict changed: remember it and tell every worker."""
+        self.verdicts[(cluster, backend)] = up
+        msg = {"op": "health", "cluster": cluster, "backend": backend, "up": up}
+        for h in self.workers:
+            if h.channel is not None:
+                h.channel.send(msg)
+
+    def _start_health(self) -> None:
+        if not any(c.health_check is not None for c in self.cfg.clusters):
+            return
+        self.health = HealthChecker(self.cfg.clusters, self._on_health)
+        self.health.start()
+        log.info("active health checks started", extra={"targets": len(self.health.targets)})
 
     # -- metrics ------------------------------------------------------------------
     async def metrics_text(self) -> str:
@@ -293,8 +319,11 @@ class Supervisor:
         self.state.started = True
         self.state.phase = Phase.READY
         log.info("probes flipped to Ready")
+        self._start_health()
         await self.stop_event.wait()
         await self._drain(settle=drain_settle["value"])
+        if self.health is not None:
+            await self.health.stop()
         if admin_server is not None:
             admin_server.close()
         log.info("ExpressGateway stopped")

@@ -26,6 +26,7 @@ from expressgateway.runtime import loop as loops
 from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import Running, WorkerContext, is_served
 from expressgateway.runtime.protocols import BUILDERS
+from expressgateway.upstream import cluster as cluster_mod
 
 log = logging.getLogger("expressgateway.worker")
 
@@ -49,6 +50,11 @@ class Worker:
             asyncio.get_running_loop().create_task(self.start(msg))
         elif op == "metrics":
             self.reply({"op": "metrics", "id": msg.get("id"), "data": REGISTRY.snapshot()})
+        elif op == "health":
+            # an active-check verdict, decided once per gateway by the supervisor
+            cluster_mod.set_active_health(
+                str(msg.get("cluster")), str(msg.get("backend")), bool(msg.get("up"))
+            )
         elif op == "drain":
             asyncio.get_running_loop().create_task(
                 self.drain(float(msg.get("timeout_ms", 0)) / 1000)
