@@ -255,27 +255,32 @@ def test_tcp_listener_closes_client_when_backend_refuses() -> None:
         )
 
 
-def test_tcp_listener_backend_failure_leaves_other_connections_working(echo_port: int) -> None:
-    """Round robin over a dead and a live backend: connections that land on
-    the dead one close and are counted; an established connection to the live
-    one, and new ones, keep working."""
+def test_tcp_connect_failure_moves_on_to_another_backend(echo_port: int) -> None:
+    """Round robin over a dead and a live backend: a connection that lands on
+    the dead one is connected to the live one instead (the cluster's connect
+    retries), so every client gets through; each failed attempt is counted."""
     admin, port = free_port(), free_port()
     dead = free_port()
     with gateway(
         config(admin, listener("tcp-in", port, "tcp", [dead, echo_port])), admin_port=admin
     ) as gw:
-        with connect(port) as first:  # -> dead
-            assert closed_without_data(first)
-        with connect(port) as live:  # -> echo
-            live.sendall(b"ping")
-            assert recv_exactly(live, 4) == b"ping"
-            with connect(port) as third:  # -> dead again
-                assert closed_without_data(third)
-            live.sendall(b"still here")
-            assert recv_exactly(live, 10) == b"still here"
-        with connect(port) as fourth:  # -> echo
-            fourth.sendall(b"new")
-            assert recv_exactly(fourth, 3) == b"new"
+        for i in range(4):
+            with connect(port) as conn:
+                conn.sendall(b"ping%d" % i)
+                assert recv_exactly(conn, 5) == b"ping%d" % i
+        assert gw.metric("backend_connect_errors_total", listener="tcp-in") >= 1
+
+
+def test_tcp_connection_closes_when_every_backend_is_down() -> None:
+    """No backend answers: the client's connection closes without data, and
+    the attempts are counted (1 + max_retries, here on both dead backends)."""
+    admin, port = free_port(), free_port()
+    with gateway(
+        config(admin, listener("tcp-in", port, "tcp", [free_port(), free_port()])),
+        admin_port=admin,
+    ) as gw:
+        with connect(port) as conn:
+            assert closed_without_data(conn)
         assert gw.metric("backend_connect_errors_total", listener="tcp-in") == 2
 
 

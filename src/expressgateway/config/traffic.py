@@ -111,6 +111,12 @@ def _status_range(value: str) -> str:
     return f"{a}-{b}"
 
 
+def _cookie_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise checks.CheckFailed(f"'{value}' is not a cookie name")
+    return value  # cookie names are case-sensitive
+
+
 def _method(value: str) -> str:
     if not _TOKEN.match(value):
         raise checks.CheckFailed(f"'{value}' is not a method token")
@@ -126,6 +132,7 @@ REGEX = checks.Check("regular expression", _regex)
 PATH = checks.Check("path starting with /", _path)
 STATUS_RANGE = checks.Check("status or range, e.g. 200-399", _status_range)
 METHOD = checks.Check("method", _method)
+COOKIE_NAME = checks.Check("cookie name", _cookie_name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,7 +147,7 @@ class AffinityConfig:
     cookie_name: str = setting(
         'Name of the affinity cookie (`mode = "cookie"`).',
         default="eg_affinity",
-        check=HEADER_NAME,
+        check=COOKIE_NAME,
     )
     cookie_ttl_s: int = setting(
         "Max-Age of the affinity cookie; 0 makes it a session cookie.",
@@ -242,7 +249,7 @@ class RetryConfig:
         "What is retried: `connect_failure`, `refused_stream` (HTTP/2 and HTTP/3 "
         "REFUSED_STREAM / GOAWAY), `reset` (the backend reset or closed before "
         "answering), `status` (an answer in `retry_statuses`).",
-        default=("connect_failure", "refused_stream", "reset"),
+        default=("connect_failure", "refused_stream"),
         unique=True,
     )
     retry_statuses: tuple[int, ...] = setting(

@@ -18,7 +18,8 @@ from typing import cast
 from expressgateway.io.admission import Admission
 from expressgateway.io.sockets import configure_upstream
 from expressgateway.observability.metrics import REGISTRY
-from expressgateway.upstream.balancer import Balancer
+from expressgateway.upstream.balancer import Balancer, PickContext
+from expressgateway.upstream.cluster import Cluster
 from expressgateway.upstream.endpoint import Endpoint
 
 log = logging.getLogger("expressgateway.l4.tcp")
@@ -48,6 +49,8 @@ class L4Context:
     balancer: Balancer
     admission: Admission
     connect_timeout: float
+    #: the pool behind the listener: passive health and connect retries
+    cluster: Cluster | None = None
 
 
 class _BackendSide(asyncio.Protocol):
@@ -125,33 +128,51 @@ class TcpRelay(asyncio.Protocol):
     async def _start(self, client: asyncio.Transport) -> None:
         ctx = self.ctx
         loop = asyncio.get_running_loop()
-        ep = ctx.balancer.select()
-        if ep is None:
-            _CONNECT_ERRORS.labels(ctx.name, "no_backend").inc()
-            self._abort_all()
-            return
-        self.endpoint = ep
-        ep.active += 1
-        try:
-            _, proto = await asyncio.wait_for(
-                loop.create_connection(lambda: _BackendSide(self), ep.host, ep.port),
-                ctx.connect_timeout,
-            )
-        except TimeoutError:
-            _CONNECT_ERRORS.labels(ctx.name, "timeout").inc()
-            log.warning("backend connect timeout", extra={"listener": ctx.name, "backend": ep.name})
-            self._abort_all()
-            return
-        except OSError as exc:
-            _CONNECT_ERRORS.labels(
-                ctx.name, "refused" if isinstance(exc, ConnectionRefusedError) else "error"
-            ).inc()
+        cluster = ctx.cluster
+        # a failed connect moves on to another backend, up to the cluster's retries
+        tries = 1 + (cluster.retry.max_retries if cluster is not None else 0)
+        pick = PickContext(source_ip=self.peer_ip)
+        failed: list[Endpoint] = []
+        proto: _BackendSide | None = None
+        for attempt in range(tries):
+            pick.exclude = tuple(failed)
+            ep = ctx.balancer.select(pick)
+            if ep is None or (attempt and ep in failed):
+                if ep is None:
+                    _CONNECT_ERRORS.labels(ctx.name, "no_backend").inc()
+                break
+            self.endpoint = ep
+            ctx.balancer.on_start(ep)
+            started = loop.time()
+            reason = ""
+            try:
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(lambda: _BackendSide(self), ep.host, ep.port),
+                    ctx.connect_timeout,
+                )
+            except TimeoutError:
+                reason = "timeout"
+            except OSError as exc:
+                reason = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
+            if proto is not None:
+                break
+            _CONNECT_ERRORS.labels(ctx.name, reason).inc()
             log.warning(
                 "backend connect failed",
-                extra={"listener": ctx.name, "backend": ep.name, "error": str(exc)},
+                extra={"listener": ctx.name, "backend": ep.name, "reason": reason},
             )
+            ctx.balancer.on_finish(ep, loop.time() - started, False)
+            self.endpoint = None
+            if cluster is not None:
+                cluster.record(ep, connect_failed=True)
+            failed.append(ep)
+            if self.closed:
+                return
+        if proto is None:
             self._abort_all()
             return
+        if cluster is not None and self.endpoint is not None:
+            cluster.record(self.endpoint, status=200)
         if self.closed:
             if proto.transport is not None:
                 proto.transport.close()
@@ -211,7 +232,7 @@ class TcpRelay(asyncio.Protocol):
             self.admitted = False
             self.ctx.admission.release(self.ctx.name, self.peer_ip)
         if self.endpoint is not None:
-            self.endpoint.active -= 1
+            self.ctx.balancer.on_finish(self.endpoint, 0.0, True)
             self.endpoint = None
 
     def connection_lost(self, exc: Exception | None) -> None:

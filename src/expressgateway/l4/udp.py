@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import cast
 
 from expressgateway.observability.metrics import REGISTRY
-from expressgateway.upstream.balancer import Balancer
+from expressgateway.upstream.balancer import Balancer, PickContext
 from expressgateway.upstream.endpoint import Endpoint
 
 log = logging.getLogger("expressgateway.l4.udp")
@@ -144,13 +144,13 @@ class UdpListener(asyncio.DatagramProtocol):
         if len(self.flows) >= self.ctx.max_flows:
             self.drop("flow_table_full")
             return None
-        ep = self.ctx.balancer.select()
+        ep = self.ctx.balancer.select(PickContext(source_ip=client[0]))
         if ep is None:
             self.drop("no_backend")
             return None
         flow = _Flow(self, client, ep)
         self.flows[client] = flow
-        ep.active += 1
+        self.ctx.balancer.on_start(ep)
         self._flows_gauge.value += 1
         _FLOWS_TOTAL.labels(self.ctx.name).inc()
         loop = asyncio.get_running_loop()
@@ -188,7 +188,7 @@ class UdpListener(asyncio.DatagramProtocol):
         flow = self.flows.pop(client, None)
         if flow is None:
             return
-        flow.endpoint.active -= 1
+        self.ctx.balancer.on_finish(flow.endpoint, 0.0, True)
         self._flows_gauge.value -= 1
         flow.close()
 

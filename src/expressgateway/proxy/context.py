@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.io.admission import Admission
 from expressgateway.io.sweeper import Sweeper
 from expressgateway.observability.metrics import REGISTRY
-from expressgateway.upstream.balancer import Balancer
 from expressgateway.upstream.pool import Pool
+
+if TYPE_CHECKING:
+    from expressgateway.proxy.router import Router
 
 REQUESTS = REGISTRY.counter(
     "http_requests_total",
@@ -41,7 +43,9 @@ UPSTREAM_ERRORS = REGISTRY.counter(
     ("listener", "backend", "reason"),
 )
 RETRIES = REGISTRY.counter(
-    "upstream_retries_total", "Requests retried on a new connection.", ("listener", "reason")
+    "upstream_retries_total",
+    "Requests tried again (another backend or a new connection), by reason.",
+    ("listener", "reason"),
 )
 
 
@@ -55,7 +59,7 @@ class L7Context:
     name: str
     listener: ListenerConfig
     config: Config
-    balancer: Balancer
+    router: Router
     pool: Pool
     sweeper: Sweeper
     admission: Admission

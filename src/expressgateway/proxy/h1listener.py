@@ -12,8 +12,9 @@ from expressgateway.io.sweeper import Sweeper
 from expressgateway.io.tls import server_context
 from expressgateway.proxy.context import L7Context
 from expressgateway.proxy.h1front import H1Front
+from expressgateway.proxy.router import Router
 from expressgateway.runtime import features
-from expressgateway.runtime.listeners import Running, WorkerContext, balancer_for, builder
+from expressgateway.runtime.listeners import Running, WorkerContext, builder
 from expressgateway.upstream.pool import Pool
 
 _shared: dict[int, tuple[Sweeper, Pool]] = {}
@@ -90,7 +91,7 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         name=lc.name,
         listener=lc,
         config=cfg,
-        balancer=balancer_for(lc),
+        router=Router(lc, wc.clusters),
         pool=pool,
         sweeper=sweeper,
         admission=wc.admission,

@@ -13,8 +13,9 @@ from expressgateway.io.quic import QuicEndpoint, load_retry_secret
 from expressgateway.proxy.context import L7Context
 from expressgateway.proxy.h1listener import worker_shared
 from expressgateway.proxy.h3front import STREAM_WINDOW, front_factory
+from expressgateway.proxy.router import Router
 from expressgateway.runtime import features
-from expressgateway.runtime.listeners import Running, WorkerContext, balancer_for, builder
+from expressgateway.runtime.listeners import Running, WorkerContext, builder
 
 features.activate("quic", "h3_backend")
 
@@ -47,7 +48,7 @@ async def build_quic(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket)
         name=lc.name,
         listener=lc,
         config=cfg,
-        balancer=balancer_for(lc),
+        router=Router(lc, wc.clusters),
         pool=pool,
         sweeper=sweeper,
         admission=wc.admission,

@@ -158,7 +158,7 @@ class MuxStreamFront:
             code = _GRPC_REASONS.get(reason) or grpc.HTTP_TO_GRPC.get(status, grpc.UNKNOWN)
             self.conn.codec.send_response_head(self.sid, grpc.trailers_only(code, reason))
             return
-        self.conn.codec.send_local_reply(self.sid, status, reason)
+        self.conn.codec.send_local_reply(self.sid, status, reason, list(extra) or None)
 
     def abort(self, reason: str) -> None:
         self.outbox.clear()

@@ -19,8 +19,7 @@ from expressgateway.io.admission import Admission
 from expressgateway.io.tls import server_context
 from expressgateway.l4.tcp import L4Context, TcpRelay
 from expressgateway.l4.udp import UdpContext, UdpListener
-from expressgateway.upstream.balancer import Balancer, RoundRobin
-from expressgateway.upstream.endpoint import Endpoint
+from expressgateway.upstream.cluster import Cluster, Clusters
 
 
 @dataclass
@@ -73,6 +72,8 @@ class WorkerContext:
     config: Config
     admission: Admission
     index: int
+    #: this worker's clusters (named pools and each listener's implicit one)
+    clusters: Clusters = field(default_factory=lambda: Clusters(Config()))
 
 
 Builder = Callable[[WorkerContext, ListenerConfig, socket.socket], Awaitable[Running]]
@@ -88,34 +89,24 @@ def builder(*protocols: str) -> Callable[[Builder], Builder]:
     return register
 
 
-def endpoints_of(listener: ListenerConfig) -> list[Endpoint]:
-    return [
-        Endpoint(
-            host=b.host,
-            port=b.port,
-            protocol=b.protocol,
-            weight=b.weight,
-            tls=b.tls,
-            tls_ca_path=b.tls_ca_path,
-            tls_verify_hostname=b.tls_verify_hostname,
-            tls_verify_peer=b.tls_verify_peer,
-        )
-        for b in listener.backends
-    ]
-
-
-def balancer_for(listener: ListenerConfig) -> Balancer:
-    return RoundRobin(endpoints_of(listener))
+def cluster_for(wc: WorkerContext, lc: ListenerConfig) -> Cluster:
+    """The listener's default pool (an empty one when it has none)."""
+    cluster = wc.clusters.for_listener(lc)
+    if cluster is None:
+        cluster = Cluster.build(lc.name, None, ())
+    return cluster
 
 
 @builder("tcp", "tls")
 async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
     rt = wc.config.runtime
+    cluster = cluster_for(wc, lc)
     ctx = L4Context(
         name=lc.name,
-        balancer=balancer_for(lc),
+        balancer=cluster.balancer,
         admission=wc.admission,
         connect_timeout=rt.connect_timeout_ms / 1000,
+        cluster=cluster,
     )
     if lc.protocol == "tls" and lc.tls is not None:
         ssl_ctx = server_context(
@@ -145,7 +136,7 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
 async def _build_udp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
     ctx = UdpContext(
         name=lc.name,
-        balancer=balancer_for(lc),
+        balancer=cluster_for(wc, lc).balancer,
         idle_timeout=lc.udp.idle_timeout_ms / 1000,
         max_flows=lc.udp.max_flows,
         max_datagram=lc.udp.max_datagram_size,

@@ -27,6 +27,7 @@ from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import Running, WorkerContext, is_served
 from expressgateway.runtime.protocols import BUILDERS
 from expressgateway.upstream import cluster as cluster_mod
+from expressgateway.upstream.cluster import Clusters
 
 log = logging.getLogger("expressgateway.worker")
 
@@ -81,7 +82,12 @@ class Worker:
         setup_logging(cfg.observability.log_format, cfg.observability.log_level)
         rt = cfg.runtime
         self.admission = Admission(rt.per_ip_connection_cap, rt.max_inflight_connections)
-        wc = WorkerContext(config=cfg, admission=self.admission, index=int(msg.get("index", 0)))
+        clusters = Clusters(cfg)
+        cluster_mod.CURRENT = clusters
+        wc = WorkerContext(
+            config=cfg, admission=self.admission, index=int(msg.get("index", 0)), clusters=clusters
+        )
+        self._tick_clusters(clusters)
         fds: list[int] = msg["fds"]
         try:
             # the supervisor binds (and sends fds for) active protocols only
@@ -100,6 +106,12 @@ class Worker:
             self.done.set()
             return
         self.reply({"op": "ready", "pid": os.getpid()})
+
+    def _tick_clusters(self, clusters: Clusters) -> None:
+        """Once a second: return ejected backends whose time is up."""
+        loop = asyncio.get_running_loop()
+        clusters.tick(time.monotonic())
+        loop.call_later(1.0, self._tick_clusters, clusters)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let open connections finish, then exit."""

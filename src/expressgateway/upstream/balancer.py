@@ -68,26 +68,3 @@ class Balancer:
 
     def on_finish(self, ep: Endpoint, seconds: float, ok: bool) -> None:
         ep.active -= 1
-
-
-class RoundRobin(Balancer):
-    """Healthy endpoints in turn; when none is healthy, all of them in turn
-    (failing open is better than refusing every request on a stale verdict)."""
-
-    def __init__(self, endpoints: Sequence[Endpoint]) -> None:
-        super().__init__(endpoints)
-        self._next = 0
-
-    def select(self, pick: PickContext | None = None) -> Endpoint | None:
-        eps = self.endpoints
-        n = len(eps)
-        if n == 0:
-            return None
-        for _ in range(n):
-            ep = eps[self._next % n]
-            self._next += 1
-            if ep.healthy and (pick is None or ep not in pick.exclude):
-                return ep
-        ep = eps[self._next % n]
-        self._next += 1
-        return ep

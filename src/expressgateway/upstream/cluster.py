@@ -20,19 +20,18 @@ listener (round robin, no checks).
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.config.model import BackendConfig, ClusterConfig
 from expressgateway.config.traffic import CircuitBreakerConfig, OutlierConfig, RetryConfig
 from expressgateway.observability.metrics import REGISTRY
-from expressgateway.upstream.balancer import Balancer, RoundRobin
+from expressgateway.upstream.balancer import Balancer
 from expressgateway.upstream.endpoint import Endpoint
+from expressgateway.upstream.policies import make_balancer
 
 log = logging.getLogger("expressgateway.cluster")
 
@@ -84,24 +83,17 @@ def endpoint_of(b: BackendConfig) -> Endpoint:
 
 def _make_balancer(cfg: ClusterConfig | None, endpoints: list[Endpoint]) -> Balancer:
     if cfg is None:
-        return RoundRobin(endpoints)
-    try:  # the policies module arrives with issue #6's policy work
-        policies = importlib.import_module("expressgateway.upstream.policies")
-    except ImportError:  # pragma: no cover
-        return RoundRobin(endpoints)
-    make_balancer = policies.make_balancer
+        return make_balancer("round_robin", endpoints)
     aff = cfg.affinity
-    return cast(
-        Balancer,
-        make_balancer(
-            cfg.policy,
-            endpoints,
-            hash_key=cfg.hash_key
-            or (f"header:{aff.header_name}" if aff and aff.header_name else None),
-            affinity=aff.mode if aff else None,
-            affinity_name=aff.cookie_name if aff else None,
-            panic_threshold=cfg.panic_threshold_percent,
-        ),
+    return make_balancer(
+        cfg.policy,
+        endpoints,
+        hash_key=cfg.hash_key,
+        affinity=aff.mode if aff else None,
+        affinity_name=(aff.cookie_name if aff.mode == "cookie" else aff.header_name)
+        if aff
+        else None,
+        panic_threshold=cfg.panic_threshold_percent,
     )
 
 

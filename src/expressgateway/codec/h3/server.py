@@ -194,13 +194,15 @@ class H3ServerCodec(H3Codec):
         if head.end_stream:
             self._local_end(st)
 
-    def send_local_reply(self, stream_id: int, status: int, reason: str = "") -> None:
+    def send_local_reply(
+        self, stream_id: int, status: int, reason: str = "", extra: Headers | None = None
+    ) -> None:
         """Answer from the gateway itself (same JSON body as on the other fronts)."""
         body = local_reply_body(status, reason)
-        self.send_response_head(
-            stream_id,
-            ResponseHead(status, [(b"content-type", b"application/json")], False, len(body)),
-        )
+        headers: Headers = [(b"content-type", b"application/json")]
+        if extra:
+            headers.extend(extra)
+        self.send_response_head(stream_id, ResponseHead(status, headers, False, len(body)))
         self.send_body(stream_id, body, True)
 
     def _local_end(self, st: H3Stream) -> None:
