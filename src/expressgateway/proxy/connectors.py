@@ -44,6 +44,9 @@ class H1Connector:
         proto = await open_connection(lambda: H1Back(ctx, key), ep, ssl_ctx, ctx.connect_timeout)
         Pool.count_new()
         assert isinstance(proto, H1Back)
+        if proto.transport is not None:
+            proto.endpoint = ep
+            ep.connections += 1
         return proto
 
 

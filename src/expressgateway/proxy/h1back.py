@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from expressgateway.proxy.context import L7Context
     from expressgateway.proxy.stream import Stream
     from expressgateway.proxy.websocket import WsTunnel
+    from expressgateway.upstream.endpoint import Endpoint
 
 HIGH_WATER = 64 * 1024
 LOW_WATER = 16 * 1024
@@ -37,6 +38,7 @@ class H1Back(asyncio.Protocol):
         "codec",
         "created",
         "ctx",
+        "endpoint",
         "eof",
         "idle_since",
         "key",
@@ -63,6 +65,8 @@ class H1Back(asyncio.Protocol):
         self.eof = False
         self.tunnel: WsTunnel | None = None
         self._wbuf: list[bytes] = []
+        #: the endpoint whose connection count this connection is in
+        self.endpoint: Endpoint | None = None
 
     # -- pool interface ---------------------------------------------------------
     def alive(self) -> bool:
@@ -153,6 +157,9 @@ class H1Back(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.endpoint is not None:
+            self.endpoint.connections -= 1
+            self.endpoint = None
         if self.tunnel is not None:
             self.tunnel.backend_closed()
             return

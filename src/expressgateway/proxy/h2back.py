@@ -207,6 +207,8 @@ class H2Upstream(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.settings_ready: asyncio.Future[None] = self.loop.create_future()
         self.deadline = math.inf
+        #: the endpoint whose connection count this connection is in
+        self.endpoint: Endpoint | None = None
 
     def usable(self) -> bool:
         return (
@@ -277,6 +279,9 @@ class H2Upstream(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.closed = True
+        if self.endpoint is not None:
+            self.endpoint.connections -= 1
+            self.endpoint = None
         if not self.settings_ready.done():
             self.settings_ready.set_result(None)
         self.ctx.sweeper.discard(self)
@@ -372,6 +377,8 @@ class H2Connector:
                 lambda: H2Upstream(ctx, key, scheme), ep, ssl_ctx, ctx.connect_timeout
             )
             conn = cast(H2Upstream, proto)
+            conn.endpoint = ep
+            ep.connections += 1
             pool.h2.setdefault(key, []).append(conn)
             pool.count_new()
             fut.set_result(conn)

@@ -228,6 +228,8 @@ class H3Upstream(asyncio.DatagramProtocol):
         self.timer_at: float | None = None
         self.flush_pending = False
         self.deadline = math.inf
+        #: the endpoint whose connection count this connection is in
+        self.endpoint: Endpoint | None = None
 
     def usable(self) -> bool:
         return (
@@ -338,6 +340,9 @@ class H3Upstream(asyncio.DatagramProtocol):
         if self.closed:
             return
         self.closed = True
+        if self.endpoint is not None:
+            self.endpoint.connections -= 1
+            self.endpoint = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -439,6 +444,8 @@ class H3Connector:
         self._opening[key] = fut
         try:
             conn = await self._open(ctx, ep, key)
+            conn.endpoint = ep
+            ep.connections += 1
             conns.append(conn)
             fut.set_result(conn)
             return conn.new_back()

@@ -218,6 +218,7 @@ class Stream:
             self._attach(back)
             return
         self.connecting = True
+        cluster.pending += 1
         self.front.pause_request()
         asyncio.get_running_loop().create_task(self._connect(connector, ep))
 
@@ -242,6 +243,10 @@ class Stream:
             self._upstream_failed(err, reused=False)
             self.flush()
             return
+        finally:
+            cluster = self.cluster
+            if cluster is not None:
+                cluster.pending -= 1
         self.connecting = False
         if self.closed:
             back.abort()
@@ -471,7 +476,9 @@ class Stream:
         cluster = self.cluster
         if cluster is None or not self.try_started:
             return  # this try was already accounted for
-        cluster.balancer.on_finish(ep, time.monotonic() - self.try_started, ok)
+        seconds = time.monotonic() - self.try_started
+        cluster.balancer.on_finish(ep, seconds, ok)
+        cluster.observe(ep, seconds)
         self.try_started = 0.0
         if not ok and not stale:
             self.failed.append(ep)

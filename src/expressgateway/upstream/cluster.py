@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.config.model import BackendConfig, ClusterConfig
@@ -49,6 +50,11 @@ _OVERFLOW = REGISTRY.counter(
     "circuit_breaker_overflows_total",
     "Requests refused (503) by a cluster's circuit breaker, by limit.",
     ("cluster", "limit"),
+)
+_LATENCY = REGISTRY.histogram(
+    "backend_request_duration_seconds",
+    "Time from sending a try to a backend to its end (answer complete, or failure).",
+    ("cluster", "backend"),
 )
 _BUDGET = REGISTRY.counter(
     "retry_budget_exhausted_total",
@@ -112,7 +118,7 @@ class Cluster:
     requests: int = 0
     retries: int = 0
     pending: int = 0
-    connections: int = 0
+    _latency: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -167,6 +173,13 @@ class Cluster:
                 st.ejected_until = 0.0
                 self._refresh(ep, now)
 
+    def observe(self, ep: Endpoint, seconds: float) -> None:
+        """One try on ``ep`` took ``seconds``."""
+        child = self._latency.get(ep.name)
+        if child is None:
+            child = self._latency[ep.name] = _LATENCY.labels(self.name, ep.name)
+        child.observe(seconds)
+
     def record(self, ep: Endpoint, *, status: int = 0, connect_failed: bool = False) -> None:
         """Outcome of one try on ``ep`` (passive health)."""
         od = self.outlier
@@ -217,7 +230,7 @@ class Cluster:
             return "max_requests"
         if b.max_pending_requests and self.pending >= b.max_pending_requests:
             return "max_pending_requests"
-        if b.max_connections and self.connections >= b.max_connections:
+        if b.max_connections and sum(ep.connections for ep in self.endpoints) >= b.max_connections:
             return "max_connections"
         return None
 

@@ -27,6 +27,9 @@ class Endpoint:
     name: str = field(default="")
     #: connections or requests currently using this endpoint
     active: int = 0
+    #: upstream connections open to this endpoint (the circuit breaker's
+    #: max_connections), counted by the connectors
+    connections: int = 0
     healthy: bool = True
     #: identity of a pooled connection to this endpoint (see upstream/pool.py)
     key: tuple[str, int, bool, str, bool, str] = ()  # type: ignore[assignment]
