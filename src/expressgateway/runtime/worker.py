@@ -105,6 +105,7 @@ class Worker:
             self.reply({"op": "error", "message": f"{type(exc).__name__}: {exc}"})
             self.done.set()
             return
+        clusters.start_dns()  # after the listeners made their implicit clusters
         self.reply({"op": "ready", "pid": os.getpid()})
 
     def _tick_clusters(self, clusters: Clusters) -> None:

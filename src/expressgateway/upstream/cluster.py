@@ -118,6 +118,8 @@ class Cluster:
     requests: int = 0
     retries: int = 0
     pending: int = 0
+    #: seconds between host-name lookups of its backends
+    dns_refresh: float = 30.0
     _latency: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -135,6 +137,7 @@ class Cluster:
             outlier=cfg.outlier if cfg is not None else None,
             affinity_cookie=aff.cookie_name.encode() if aff and aff.mode == "cookie" else None,
             affinity_ttl=aff.cookie_ttl_s if aff else 0,
+            dns_refresh=cfg.dns_refresh_ms / 1000 if cfg is not None else 30.0,
         )
         for ep in endpoints:
             cluster.states[ep.name] = EndpointState()
@@ -160,8 +163,10 @@ class Cluster:
     def set_active(self, backend: str, up: bool) -> None:
         """An active-check verdict from the supervisor."""
         now = time.monotonic()
+        if backend in self.states:  # also for a host name's later addresses
+            self.states[backend].active_up = up
         for ep in self.endpoints:
-            if ep.name == backend:
+            if ep.name == backend or ep.origin == backend:
                 self.states[ep.name].active_up = up
                 self._refresh(ep, now)
 
@@ -244,6 +249,7 @@ class Clusters:
 
     def __init__(self, config: Config) -> None:
         self.by_name: dict[str, Cluster] = {}
+        self.resolvers: list[Any] = []
         for c in config.clusters:
             self.by_name[c.name] = Cluster.build(c.name, c, c.backends)
 
@@ -259,6 +265,15 @@ class Clusters:
         if got is None:
             got = self.by_name[key] = Cluster.build(lc.name, None, lc.backends)
         return got
+
+    def start_dns(self) -> None:
+        """Start re-resolving host-named backends (needs the running loop)."""
+        from expressgateway.upstream.dns import ClusterResolver
+
+        for c in self.by_name.values():
+            resolver = ClusterResolver(c, c.dns_refresh)
+            resolver.start()
+            self.resolvers.append(resolver)
 
     def set_active(self, cluster: str, backend: str, up: bool) -> None:
         c = self.by_name.get(cluster)

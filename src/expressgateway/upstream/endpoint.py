@@ -25,6 +25,9 @@ class Endpoint:
     tls_verify_peer: bool = True
     #: "host:port", the metric label and log name
     name: str = field(default="")
+    #: the configured backend ("host:port" as written) this endpoint comes
+    #: from; differs from ``name`` for the addresses a host name resolved to
+    origin: str = field(default="")
     #: connections or requests currently using this endpoint
     active: int = 0
     #: upstream connections open to this endpoint (the circuit breaker's
@@ -43,6 +46,8 @@ class Endpoint:
         if not self.name:
             host = f"[{self.host}]" if ":" in self.host else self.host
             self.name = f"{host}:{self.port}"
+        if not self.origin:
+            self.origin = self.name
         self.key = (
             self.host,
             self.port,
