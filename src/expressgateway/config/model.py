@@ -109,8 +109,9 @@ class BackendConfig:
     listener form one pool."""
 
     address: str = setting(
-        "Backend `host:port`; host names are resolved at start and on reload. "
-        "IPv6 literals in brackets: `[::1]:3000`.",
+        "Backend `host:port`; a host name is re-resolved every `dns_refresh_ms` of its "
+        "cluster (30 s for inline backends) and each address is an endpoint. IPv6 "
+        "literals in brackets: `[::1]:3000`.",
         check=checks.HOST_PORT,
     )
     host: str = setting("Host part of `address` (no brackets).", derive=("address", _host))
@@ -572,7 +573,8 @@ class RouteConfig:
         "Fields removed from the forwarded request.", default=(), check=HEADER_NAME
     )
     timeout_ms: int | None = setting(
-        "Total time for a request on this route; unset: the listener's `total_timeout_ms`.",
+        "Total time for a request on this route, when shorter than the listener's "
+        "`total_timeout_ms` (it cannot lengthen it).",
         default=None,
         range=Range(10, 86_400_000),
     )
@@ -647,7 +649,8 @@ class ListenerConfig:
     )
     backends: tuple[BackendConfig, ...] = setting(
         "The backend pool (round robin, no health checks; use `cluster` for more). A "
-        "listener without backends, cluster or routes is skipped at start.",
+        "listener without backends, cluster or routes answers 503 (HTTP) or closes "
+        "connections (L4).",
         default=(),
         reload="swappable",
     )

@@ -241,9 +241,12 @@ class OutlierConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetryConfig:
     """Retries (`[clusters.retry]` or per route). A request is retried only
-    before any response byte went to the client, only for idempotent
-    methods or a body still whole in the 64 KiB replay buffer, on another
-    backend when there is one, and only while the retry budget allows."""
+    before any response byte went to the client, only when it arrived whole
+    and its body (if any) still fits the 64 KiB replay buffer, on another
+    backend when there is one, and only while the retry budget allows.
+    Connect failures and refused streams (never processed) are retried for
+    any method; resets, per-try timeouts and listed statuses only for
+    idempotent methods."""
 
     retry_on: tuple[RetryOn, ...] = setting(
         "What is retried: `connect_failure`, `refused_stream` (HTTP/2 and HTTP/3 "
@@ -253,7 +256,9 @@ class RetryConfig:
         unique=True,
     )
     retry_statuses: tuple[int, ...] = setting(
-        "Statuses retried with `retry_on` containing `status`.", default=(502, 503, 504)
+        "Statuses retried with `retry_on` containing `status`.",
+        default=(502, 503, 504),
+        range=Range(100, 599),
     )
     max_retries: int = setting(
         "Retries per request (tries = 1 + max_retries).",
@@ -261,7 +266,8 @@ class RetryConfig:
         range=Range(0, 10, or_zero=True),
     )
     per_try_timeout_ms: int | None = setting(
-        "Time to the response head per try; unset: the listener's head timeout.",
+        "Time to the response head per try; an expired try is retried (idempotent "
+        "methods). Unset: no per-try limit (the head timeout covers all tries).",
         default=None,
         range=Range(10, 600_000),
     )

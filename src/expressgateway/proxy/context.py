@@ -71,7 +71,7 @@ class L7Context:
     route: str = ""
     draining: bool = False
     _status_children: dict[tuple[str, int], Any] = field(default_factory=dict)
-    _records: dict[tuple[str, str, int], tuple[Any, Any, Any]] = field(default_factory=dict)
+    _records: dict[tuple[str, str, int, str], tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         http = self.listener.http
@@ -84,16 +84,19 @@ class L7Context:
         self.via = http.via
         self.inflight = INFLIGHT.labels(self.name)
 
-    def count(self, version: str, backend: str, status: int, elapsed: float) -> None:
-        """Count one finished request: requests, backend requests, duration."""
-        key = (version, backend, status // 100)
+    def count(
+        self, version: str, backend: str, status: int, elapsed: float, route: str = ""
+    ) -> None:
+        """Count one finished request: requests, backend requests, duration.
+        ``route`` is the matched route's name (labels come from the config)."""
+        key = (version, backend, status // 100, route)
         rec = self._records.get(key)
         if rec is None:
             cls = status_class(status)
             rec = self._records[key] = (
-                REQUESTS.labels(self.name, self.route, version, cls),
+                REQUESTS.labels(self.name, route, version, cls),
                 BACKEND_REQUESTS.labels(self.name, backend, cls) if backend else None,
-                DURATION.labels(self.name, self.route, version),
+                DURATION.labels(self.name, route, version),
             )
         rec[0].value += 1
         if rec[1] is not None:

@@ -54,7 +54,7 @@ RETRY_KIND = {
     "upstream_reset": "reset",
     "upstream_closed": "reset",
     "upstream_truncated": "reset",
-    "per_try_timeout": "reset",
+    "per_try_timeout": "per_try_timeout",
 }
 #: kinds where the backend never processed the request: safe for any method
 _UNPROCESSED = frozenset({"connect_failure", "refused_stream"})
@@ -437,7 +437,8 @@ class Stream:
         if route is None or cluster is None or kind is None:
             return False
         retry = route.retry
-        if kind not in retry.retry_on:
+        # a per-try timeout exists to be retried (Envoy's per_try_timeout)
+        if kind not in retry.retry_on and kind != "per_try_timeout":
             return False
         if kind not in _UNPROCESSED and self.head.method not in IDEMPOTENT:
             return False
@@ -562,7 +563,14 @@ class Stream:
             if self.retried:
                 cluster.retries -= 1
         elapsed = time.monotonic() - self.started
-        ctx.count(self.version, ep.name if ep is not None else "", status, elapsed)
+        route = self.route
+        ctx.count(
+            self.version,
+            ep.name if ep is not None else "",
+            status,
+            elapsed,
+            route.name if route is not None and route.name != "default" else "",
+        )
         if ctx.access_log:
             h = self.head
             log.info(

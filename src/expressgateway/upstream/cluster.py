@@ -145,6 +145,9 @@ class Cluster:
         return cluster
 
     # -- health ----------------------------------------------------------------------
+    def show_up(self, ep: Endpoint) -> None:
+        _UP.labels(self.name, ep.name).set(1 if ep.healthy else 0)
+
     def _refresh(self, ep: Endpoint, now: float) -> None:
         st = self.states[ep.name]
         healthy = st.active_up and st.ejected_until <= now

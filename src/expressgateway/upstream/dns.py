@@ -43,9 +43,10 @@ def is_ip(host: str) -> bool:
 
 
 async def resolve(host: str, port: int) -> list[str]:
-    """The addresses of ``host`` (IPv4 and IPv6, in resolver order, once each)."""
+    """The addresses of ``host`` (IPv4 and IPv6, once each, sorted)."""
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+    # sorted: a resolver that rotates its answers must not look like a change
+    return sorted(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 class ClusterResolver:
@@ -128,6 +129,7 @@ class ClusterResolver:
                 state = EndpointState(active_up=origin_state.active_up if origin_state else True)
                 cluster.states[ep.name] = state
                 ep.healthy = state.active_up
+                cluster.show_up(ep)
         cluster.endpoints = endpoints
         cluster.balancer.set_endpoints(endpoints)  # type: ignore[attr-defined]
         log.info(
