@@ -46,6 +46,8 @@ def worker_shared(wc: WorkerContext) -> tuple[Sweeper, Pool]:
             for lc in wc.config.listeners
             for t in (lc.http.header_timeout_ms, lc.http.body_timeout_ms)
         ]
+        # a route's timeout is enforced by the same sweep: tick finely enough
+        timeouts += [r.timeout_ms for lc in wc.config.listeners for r in lc.routes if r.timeout_ms]
         sweeper = Sweeper(min(timeouts or [1000]) / 1000 / 10)
         sweeper.start()
         pc = wc.config.pool

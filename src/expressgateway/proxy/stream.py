@@ -217,6 +217,12 @@ class Stream:
         if back is not None:
             self._attach(back)
             return
+        if cluster.connections_full():
+            cluster.count_overflow("max_connections")
+            retry_after = b"%d" % cluster.breaker.retry_after_s
+            self._finish_try(ep, ok=True, status=0, stale=True)
+            self.fail(ProxyError("circuit_open", status=503), [(b"retry-after", retry_after)])
+            return
         self.connecting = True
         cluster.pending += 1
         self.front.pause_request()

@@ -232,15 +232,20 @@ class Cluster:
         return False
 
     def overflow(self) -> str | None:
-        """The circuit-breaker limit a new request would break, if any."""
+        """The circuit-breaker limit a new request would break, if any
+        (``max_connections`` is checked when a connection is needed)."""
         b = self.breaker
         if b.max_requests and self.requests >= b.max_requests:
             return "max_requests"
         if b.max_pending_requests and self.pending >= b.max_pending_requests:
             return "max_pending_requests"
-        if b.max_connections and sum(ep.connections for ep in self.endpoints) >= b.max_connections:
-            return "max_connections"
         return None
+
+    def connections_full(self) -> bool:
+        """A new upstream connection would break ``max_connections`` (checked
+        only when a request cannot reuse an idle one)."""
+        limit = self.breaker.max_connections
+        return bool(limit) and sum(ep.connections for ep in self.endpoints) >= limit
 
     def count_overflow(self, limit: str) -> None:
         _OVERFLOW.labels(self.name, limit).inc()
