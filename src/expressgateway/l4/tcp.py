@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from expressgateway.io.admission import Admission
 from expressgateway.io.sockets import configure_upstream
@@ -51,6 +51,15 @@ class L4Context:
     connect_timeout: float
     #: the pool behind the listener: passive health and connect retries
     cluster: Cluster | None = None
+
+    def reconfigure_from(self, config: Any, lc: Any, clusters: Any) -> None:
+        """A reload: new connections use the listener's new pool."""
+        cluster = clusters.for_listener(lc)
+        if cluster is None:
+            cluster = Cluster.build(lc.name, None, ())
+        self.cluster = cluster
+        self.balancer = cluster.balancer
+        self.connect_timeout = config.runtime.connect_timeout_ms / 1000
 
 
 class _BackendSide(asyncio.Protocol):

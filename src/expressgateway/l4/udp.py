@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.upstream.balancer import Balancer, PickContext
@@ -45,6 +45,15 @@ class UdpContext:
     idle_timeout: float
     max_flows: int
     max_datagram: int
+
+    def reconfigure_from(self, config: Any, lc: Any, clusters: Any) -> None:
+        """A reload: new flows use the listener's new pool and limits."""
+        cluster = clusters.for_listener(lc)
+        if cluster is not None:
+            self.balancer = cluster.balancer
+        self.idle_timeout = lc.udp.idle_timeout_ms / 1000
+        self.max_flows = lc.udp.max_flows
+        self.max_datagram = lc.udp.max_datagram_size
 
 
 class _Flow(asyncio.DatagramProtocol):

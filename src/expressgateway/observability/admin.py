@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from enum import Enum
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -50,6 +50,8 @@ class AdminState:
 
 
 MetricsFn = Callable[[], Awaitable[str]]
+#: runs a reload and says how it went (``result``, ``reason``, ``problems``)
+ReloadFn = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 def _response(status: int, body: bytes, content_type: bytes) -> bytes:
@@ -75,9 +77,12 @@ _PROM = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 class AdminProtocol(asyncio.Protocol):
-    def __init__(self, state: AdminState, metrics: MetricsFn) -> None:
+    def __init__(
+        self, state: AdminState, metrics: MetricsFn, reload: ReloadFn | None = None
+    ) -> None:
         self.state = state
         self.metrics = metrics
+        self.reload = reload
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -124,12 +129,21 @@ class AdminProtocol(asyncio.Protocol):
             self._send(_response(500, b"internal error\n", _TEXT))
 
     async def _route(self, method: bytes, path: str) -> bytes:
-        known = {"/metrics", "/livez", "/healthz", "/readyz", "/startupz"}
-        if path not in known:
+        known = {"/metrics", "/livez", "/healthz", "/readyz", "/startupz", "/reload"}
+        if path not in known or (path == "/reload" and self.reload is None):
             return _response(404, b"not found\n", _TEXT)
+        st = self.state
+        if path == "/reload":
+            if method != b"POST":
+                return _response(405, b"method not allowed\n", _TEXT)
+            if not st.authorized(self.auth):
+                return _response(403, b"forbidden\n", _TEXT)
+            assert self.reload is not None
+            outcome = await self.reload("POST /reload")
+            code = 200 if outcome.get("result") == "applied" else 409
+            return _response(code, json.dumps(outcome).encode() + b"\n", _JSON)
         if method != b"GET":
             return _response(405, b"method not allowed\n", _TEXT)
-        st = self.state
         if path == "/metrics":
             if not st.authorized(self.auth):
                 return _response(403, b"forbidden\n", _TEXT)

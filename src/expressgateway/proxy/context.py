@@ -49,6 +49,12 @@ RETRIES = REGISTRY.counter(
 )
 
 
+def alt_svc_value(listener: ListenerConfig) -> bytes | None:
+    """The ``Alt-Svc`` value an ``h1``/``h1s`` listener advertises, if any."""
+    a = listener.alt_svc
+    return None if a is None else b'h3=":%d"; ma=%d' % (a.h3_port, a.max_age)
+
+
 def status_class(status: int) -> str:
     """``2xx``..``5xx``, or ``error`` when no HTTP status was given (e.g. reset)."""
     return f"{status // 100}xx" if 100 <= status < 600 else "error"
@@ -74,6 +80,25 @@ class L7Context:
     _records: dict[tuple[str, str, int, str], tuple[Any, Any, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._derive()
+
+    def reconfigure(self, config: Config, listener: ListenerConfig, router: Router) -> None:
+        """A reload: new streams use the new settings and routes; streams in
+        flight keep the route (and cluster) they started with."""
+        self.config = config
+        self.listener = listener
+        self.router = router
+        self.alt_svc = alt_svc_value(listener) if listener.protocol != "quic" else None
+        self._status_children.clear()
+        self._records.clear()
+        self._derive()
+
+    def reconfigure_from(self, config: Config, listener: ListenerConfig, clusters: Any) -> None:
+        from expressgateway.proxy.router import Router
+
+        self.reconfigure(config, listener, Router(listener, clusters))
+
+    def _derive(self) -> None:
         http = self.listener.http
         self.header_timeout = http.header_timeout_ms / 1000
         self.body_timeout = http.body_timeout_ms / 1000

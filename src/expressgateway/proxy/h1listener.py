@@ -10,11 +10,11 @@ from expressgateway.config import ListenerConfig
 from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.sweeper import Sweeper
 from expressgateway.io.tls import server_context
-from expressgateway.proxy.context import L7Context
+from expressgateway.proxy.context import L7Context, alt_svc_value
 from expressgateway.proxy.h1front import H1Front
 from expressgateway.proxy.router import Router
 from expressgateway.runtime import features
-from expressgateway.runtime.listeners import Running, WorkerContext, builder
+from expressgateway.runtime.listeners import CertSlot, Running, WorkerContext, builder
 from expressgateway.upstream.pool import Pool
 
 _shared: dict[int, tuple[Sweeper, Pool]] = {}
@@ -86,9 +86,7 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
             where=f"listener {lc.name!r}",
         )
         ssl_ctx.sni_callback = _remember_sni
-    alt_svc = None
-    if lc.alt_svc is not None:
-        alt_svc = b'h3=":%d"; ma=%d' % (lc.alt_svc.h3_port, lc.alt_svc.max_age)
+    alt_svc = alt_svc_value(lc)
     ctx = L7Context(
         name=lc.name,
         listener=lc,
@@ -122,4 +120,6 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         )
         running = Running(lc.name, server=server)
     running.extra.append(ctx)
+    if ssl_ctx is not None:
+        running.extra.append(CertSlot(lc.name, ssl_ctx))
     return running

@@ -15,7 +15,7 @@ from expressgateway.proxy.h1listener import worker_shared
 from expressgateway.proxy.h3front import STREAM_WINDOW, front_factory
 from expressgateway.proxy.router import Router
 from expressgateway.runtime import features
-from expressgateway.runtime.listeners import Running, WorkerContext, builder
+from expressgateway.runtime.listeners import CertSlot, Running, WorkerContext, builder
 
 features.activate("quic", "h3_backend")
 
@@ -58,9 +58,10 @@ async def build_quic(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket)
         alt_svc=None,
         access_log=cfg.observability.access_log,
     )
+    conf = server_configuration(lc)
     endpoint = QuicEndpoint(
         lc.name,
-        server_configuration(lc),
+        conf,
         front_factory(ctx),
         load_retry_secret(quic.retry_secret_path),
         max_connections=quic.max_connections,
@@ -71,4 +72,5 @@ async def build_quic(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket)
     await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
     running = Running(lc.name, quic=endpoint)
     running.extra.append(ctx)
+    running.extra.append(CertSlot(lc.name, conf, quic=True))
     return running

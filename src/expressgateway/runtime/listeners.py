@@ -8,7 +8,9 @@ worker knows nothing about any protocol.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,10 +18,13 @@ from typing import Any
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.admission import Admission
-from expressgateway.io.tls import server_context
+from expressgateway.io.tls import TlsConfigError, server_context
 from expressgateway.l4.tcp import L4Context, TcpRelay
 from expressgateway.l4.udp import UdpContext, UdpListener
+from expressgateway.observability.metrics import REGISTRY
 from expressgateway.upstream.cluster import Cluster, Clusters
+
+log = logging.getLogger("expressgateway.listeners")
 
 
 @dataclass
@@ -54,6 +59,18 @@ class Running:
         if self.quic is not None:
             self.quic.stop_accepting()
 
+    def update(self, config: Config, lc: ListenerConfig, clusters: Clusters) -> None:
+        """A reload: new connections and requests use ``lc``."""
+        for item in self.extra:
+            reconfigure = getattr(item, "reconfigure_from", None)
+            if reconfigure is not None:
+                reconfigure(config, lc, clusters)
+
+    def reload_certificates(self, lc: ListenerConfig) -> None:
+        for item in self.extra:
+            if isinstance(item, CertSlot):
+                item.reload(lc)
+
     def busy(self) -> bool:
         """Connections that drain() asked to finish are still open (QUIC;
         TCP connections are counted by the worker's admission)."""
@@ -63,6 +80,51 @@ class Running:
         """Last step of shutdown: abort what is left."""
         if self.quic is not None:
             self.quic.close()
+
+
+_CERT_RELOADS = REGISTRY.counter(
+    "tls_certificate_reloads_total",
+    "Certificate reloads of TLS and QUIC listeners (SIGUSR1, reload), by result; a "
+    "failed one keeps the old pair.",
+    ("listener", "result"),
+)
+
+
+class CertSlot:
+    """A listener's live TLS material: an ``ssl.SSLContext`` (TCP) or an
+    aioquic configuration (QUIC). A reload validates the new pair on a fresh
+    object first, then swaps it in: handshakes in progress keep the old
+    one, new ones get the new one; a bad pair keeps the old one."""
+
+    def __init__(self, name: str, target: Any, quic: bool = False) -> None:
+        self.name = name
+        self.target = target
+        self.quic = quic
+
+    def reload(self, lc: ListenerConfig) -> bool:
+        block = lc.quic if self.quic else lc.tls
+        if block is None:
+            return False
+        cert, key = block.cert_path, block.key_path
+        try:
+            if self.quic:
+                from aioquic.quic.configuration import QuicConfiguration
+
+                QuicConfiguration(is_client=False).load_cert_chain(cert, key)
+                self.target.load_cert_chain(cert, key)
+            else:
+                server_context(cert, key, where=f"listener {lc.name!r}")
+                self.target.load_cert_chain(cert, key)
+        except (OSError, ValueError, TlsConfigError, ssl.SSLError) as exc:
+            _CERT_RELOADS.labels(lc.name, "failed").inc()
+            log.error(
+                "certificate reload failed; the old certificate stays",
+                extra={"listener": lc.name, "error": str(exc)},
+            )
+            return False
+        _CERT_RELOADS.labels(lc.name, "ok").inc()
+        log.info("certificate reloaded", extra={"listener": lc.name, "cert": cert})
+        return True
 
 
 @dataclass
@@ -126,10 +188,10 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
             rt.accept_backoff_max_ms / 1000,
         )
         acceptor.start()
-        return Running(lc.name, acceptor=acceptor)
+        return Running(lc.name, acceptor=acceptor, extra=[ctx, CertSlot(lc.name, ssl_ctx)])
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: TcpRelay(ctx), sock=sock, backlog=rt.tcp_backlog)
-    return Running(lc.name, server=server)
+    return Running(lc.name, server=server, extra=[ctx])
 
 
 @builder("udp")
@@ -144,7 +206,7 @@ async def _build_udp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket)
     proto = UdpListener(ctx)
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(lambda: proto, sock=sock)
-    return Running(lc.name, udp=proto)
+    return Running(lc.name, udp=proto, extra=[ctx])
 
 
 def is_served(lc: ListenerConfig) -> bool:

@@ -21,18 +21,32 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expressgateway import __version__
-from expressgateway.config import Config
+from expressgateway.config import Config, ConfigError, load_config
 from expressgateway.io.sockets import ListenSpec, bind_all, bind_socket
 from expressgateway.observability.admin import AdminProtocol, AdminState, Phase
 from expressgateway.observability.metrics import REGISTRY, merge_snapshots, render
 from expressgateway.runtime import features
 from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import is_served, is_udp
+from expressgateway.runtime.preflight import preflight
 from expressgateway.runtime.protocols import BUILDERS  # noqa: F401  (registers every protocol)
+from expressgateway.runtime.reload import restart_required
 from expressgateway.upstream.health import HealthChecker
 
 log = logging.getLogger("expressgateway.supervisor")
 
+_RELOADS = REGISTRY.counter(
+    "config_reloads_total", "Reloads asked for (SIGHUP, POST /reload), by result.", ("result",)
+)
+_RELOAD_FAILURES = REGISTRY.counter(
+    "config_reload_failures_total",
+    "Reloads refused, by reason (invalid: the file has problems; restart_required).",
+    ("reason",),
+)
+_RELOAD_RESTART = REGISTRY.counter(
+    "config_reload_restart_required_total",
+    "Changed keys a reload refused because they need a restart.",
+)
 _RESTARTS = REGISTRY.counter("worker_restarts_total", "Worker processes restarted after dying.")
 _WORKERS = REGISTRY.gauge("workers", "Worker processes currently running.")
 _UP = REGISTRY.gauge("process_start_time_seconds", "Start time of the gateway, Unix seconds.")
@@ -214,6 +228,54 @@ class Supervisor:
         except Exception as exc:
             log.error("worker %d restart failed: %s", handle.index, exc)
 
+    # -- reload ------------------------------------------------------------------------
+    async def reload(self, trigger: str) -> dict[str, Any]:
+        """Re-read the config file and apply it in every worker, or keep the
+        running config and say why. Never half applied."""
+        path = self.cfg.source
+        log.info("reload requested", extra={"trigger": trigger, "path": path})
+        try:
+            new = load_config(path)
+        except (ConfigError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            return self._reload_failed("invalid", [str(p) for p in problems])
+        problems = preflight(new, mint=True)
+        if problems:
+            return self._reload_failed("invalid", problems)
+        restart = restart_required(self.cfg, new)
+        if restart:
+            _RELOAD_RESTART.inc(len(restart))
+            return self._reload_failed(
+                "restart_required", [f"{key}: changing it needs a restart" for key in restart]
+            )
+        self.cfg = new
+        for h in self.workers:
+            if h.channel is not None:
+                h.channel.send({"op": "reload", "config": new.text, "source": new.source})
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
+        self.verdicts.clear()
+        self._start_health()
+        _RELOADS.labels("applied").inc()
+        log.info("configuration reloaded", extra={"path": path, "trigger": trigger})
+        return {"result": "applied", "problems": []}
+
+    def _reload_failed(self, reason: str, problems: list[str]) -> dict[str, Any]:
+        _RELOAD_FAILURES.labels(reason).inc()
+        _RELOADS.labels("rejected").inc()
+        for problem in problems:
+            log.error("reload rejected: %s", problem, extra={"reason": reason})
+        log.error("reload rejected; the running configuration stays", extra={"reason": reason})
+        return {"result": "rejected", "reason": reason, "problems": problems}
+
+    def reload_certificates(self) -> None:
+        """SIGUSR1: every TLS and QUIC listener re-reads its certificate and key."""
+        log.info("certificate reload requested")
+        for h in self.workers:
+            if h.channel is not None:
+                h.channel.send({"op": "certs"})
+
     # -- active health checks ---------------------------------------------------------
     def _on_health(self, cluster: str, backend: str, up: bool) -> None:
         """A verdict changed: remember it and tell every worker."""
@@ -278,7 +340,8 @@ class Supervisor:
         admin_server = None
         if self.admin_sock is not None:
             admin_server = await loop.create_server(
-                lambda: AdminProtocol(self.state, self.metrics_text), sock=self.admin_sock
+                lambda: AdminProtocol(self.state, self.metrics_text, self.reload),
+                sock=self.admin_sock,
             )
             log.info(
                 "admin listener started", extra={"address": self.cfg.observability.metrics_bind}
@@ -293,10 +356,8 @@ class Supervisor:
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
-        loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda: log.warning("SIGHUP: hot reload is not active yet in this version"),
-        )
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+        loop.add_signal_handler(signal.SIGUSR1, self.reload_certificates)
         self.workers = [WorkerHandle(i) for i in range(self.nworkers)]
         try:
             for h in self.workers:

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any
 
-from expressgateway.config import ConfigError, parse_config
+from expressgateway.config import Config, ConfigError, parse_config
 from expressgateway.io.acceptor import ACCEPT_ERRORS
 from expressgateway.io.admission import Admission
 from expressgateway.observability.logging import setup_logging
@@ -40,6 +40,7 @@ class Worker:
     def __init__(self) -> None:
         self.channel: ControlChannel | None = None
         self.running: list[Running] = []
+        self.config: Config | None = None
         self.admission: Admission | None = None
         self.done = asyncio.Event()
         self.draining = False
@@ -51,6 +52,10 @@ class Worker:
             asyncio.get_running_loop().create_task(self.start(msg))
         elif op == "metrics":
             self.reply({"op": "metrics", "id": msg.get("id"), "data": REGISTRY.snapshot()})
+        elif op == "reload":
+            self.reload(msg)
+        elif op == "certs":
+            self.reload_certificates()
         elif op == "health":
             # an active-check verdict, decided once per gateway by the supervisor
             cluster_mod.set_active_health(
@@ -84,6 +89,7 @@ class Worker:
         self.admission = Admission(rt.per_ip_connection_cap, rt.max_inflight_connections)
         clusters = Clusters(cfg)
         cluster_mod.CURRENT = clusters
+        self.config = cfg
         wc = WorkerContext(
             config=cfg, admission=self.admission, index=int(msg.get("index", 0)), clusters=clusters
         )
@@ -111,8 +117,42 @@ class Worker:
     def _tick_clusters(self, clusters: Clusters) -> None:
         """Once a second: return ejected backends whose time is up."""
         loop = asyncio.get_running_loop()
-        clusters.tick(time.monotonic())
-        loop.call_later(1.0, self._tick_clusters, clusters)
+        current = cluster_mod.CURRENT or clusters
+        current.tick(time.monotonic())
+        loop.call_later(1.0, self._tick_clusters, current)
+
+    def reload(self, msg: dict[str, Any]) -> None:
+        """Apply a config the supervisor validated: new clusters and routes
+        for new requests and connections; what is in flight keeps its own."""
+        try:
+            cfg = parse_config(msg["config"], source=msg.get("source", "<supervisor>"))
+        except ConfigError as exc:
+            log.error("reload: configuration refused in the worker: %s", exc)
+            return
+        old = cluster_mod.CURRENT
+        clusters = Clusters(cfg)
+        cluster_mod.CURRENT = clusters
+        by_name = {lc.name: lc for lc in cfg.listeners}
+        for r in self.running:
+            lc = by_name.get(r.name)
+            if lc is not None:
+                r.update(cfg, lc, clusters)
+                r.reload_certificates(lc)
+        clusters.start_dns()
+        if old is not None:
+            old.stop_dns()
+        self.config = cfg
+        log.info("configuration applied", extra={"listeners": len(self.running)})
+
+    def reload_certificates(self) -> None:
+        cfg = self.config
+        if cfg is None:
+            return
+        by_name = {lc.name: lc for lc in cfg.listeners}
+        for r in self.running:
+            lc = by_name.get(r.name)
+            if lc is not None:
+                r.reload_certificates(lc)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let open connections finish, then exit."""

@@ -283,6 +283,11 @@ class Clusters:
             resolver.start()
             self.resolvers.append(resolver)
 
+    def stop_dns(self) -> None:
+        for resolver in self.resolvers:
+            resolver.stop()
+        self.resolvers.clear()
+
     def set_active(self, cluster: str, backend: str, up: bool) -> None:
         c = self.by_name.get(cluster)
         if c is not None:

@@ -1,0 +1,52 @@
+"""What a reload may change: the difference between two configs, classified
+by the schema's reload classes.
+
+Every setting is ``swappable`` (applied in every worker without dropping a
+connection) or ``restart`` (a listener's address or protocol, the worker
+count, process-wide settings: they need a new process). A reload whose
+new file changes anything of the second kind is refused as a whole, with
+each such key named: nothing is half applied, and nothing is ignored
+silently.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from expressgateway.config import Config
+from expressgateway.config.schema import section_specs
+
+
+def restart_required(old: Config, new: Config) -> list[str]:
+    """Key paths whose change needs a restart (empty: the reload may go on)."""
+    found: list[str] = []
+    if [lc.name for lc in old.listeners] != [lc.name for lc in new.listeners]:
+        found.append("listeners (added, removed or reordered)")
+        return found
+    _walk(old, new, "", "restart", found)
+    return found
+
+
+def _walk(old: Any, new: Any, path: str, inherited: str, found: list[str]) -> None:
+    for spec in section_specs(type(old)):
+        if spec.meta.derived and spec.name not in ("host", "port"):
+            continue
+        reload = spec.meta.reload or inherited
+        key = f"{path}.{spec.name}" if path else spec.name
+        a, b = getattr(old, spec.name), getattr(new, spec.name)
+        if a == b:
+            continue
+        if spec.section is None or a is None or b is None:
+            if reload == "restart":
+                found.append(key)
+            continue
+        if spec.is_array:
+            if reload == "swappable":
+                continue  # a swappable array (backends, routes, clusters) swaps whole
+            if len(a) != len(b):
+                found.append(key)
+                continue
+            for i, (x, y) in enumerate(zip(a, b, strict=True)):
+                _walk(x, y, f"{key}[{i}]", reload, found)
+        else:
+            _walk(a, b, key, reload, found)
