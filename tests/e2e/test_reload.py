@@ -3,6 +3,7 @@ against a live gateway with real backends and clients."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import socket
@@ -198,3 +199,53 @@ def test_sigusr1_rotates_the_certificate_and_a_bad_pair_keeps_the_old(tmp_path: 
                 lambda: gw.metric("tls_certificate_reloads_total", result="failed") == 2
             )
             assert all(_peer_cn(port, str(ca_path)) == "second" for _ in range(6))
+
+
+def _get_json(admin: int, path: str, token: str | None = None) -> tuple[int, object]:
+    req = urllib.request.Request(f"http://127.0.0.1:{admin}{path}")
+    if token is not None:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+
+
+def test_admin_config_is_redacted_and_backends_show_health_and_load() -> None:
+    token = "s3cret-token"
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    port, admin = free_port(), free_port()
+    with backends("alpha", "beta") as (a, b):
+        tail = clusters(a.address, b.address) + (
+            f'\n[admin]\napi_token_hash = "{digest}"\n'
+            "\n[[clusters]]\n"
+            'name = "both"\npolicy = "least_request"\n'
+            f'[[clusters.backends]]\naddress = "{a.address}"\nprotocol = "h1"\nweight = 3\n'
+            f'[[clusters.backends]]\naddress = "{b.address}"\nprotocol = "h1"\n'
+            "[clusters.outlier]\nconsecutive_connect_failures = 1\n"
+        )
+        text = h1_config(admin, listener(port, "both"), workers=2, tail=tail)
+        with gateway(text, admin_port=admin):
+            assert _get_json(admin, "/config")[0] == 403
+            assert _get_json(admin, "/backends")[0] == 403
+            status, cfg = _get_json(admin, "/config", token)
+            assert status == 200
+            assert isinstance(cfg, dict)
+            assert cfg["config"]["admin"]["api_token_hash"] == "<redacted>"
+            assert digest not in json.dumps(cfg)
+            assert cfg["config"]["listeners"][0]["cluster"] == "both"
+
+            b.kill()  # one connect failure ejects it (outlier), in the worker that saw it
+            for _ in range(6):
+                served_by(port)
+            status, report = _get_json(admin, "/backends", token)
+            assert status == 200 and isinstance(report, dict)
+            assert report["workers"] == 2
+            both = next(c for c in report["clusters"] if c["name"] == "both")
+            assert both["policy"] == "LeastRequest"
+            by_name = {x["name"]: x for x in both["backends"]}
+            assert by_name[a.address]["weight"] == 3
+            assert by_name[a.address]["healthy_in_workers"] == 2
+            assert by_name[b.address]["healthy_in_workers"] < 2
+            assert any(w["ejections"] for w in by_name[b.address]["workers"])

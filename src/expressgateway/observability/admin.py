@@ -78,11 +78,19 @@ _PROM = b"text/plain; version=0.0.4; charset=utf-8"
 
 class AdminProtocol(asyncio.Protocol):
     def __init__(
-        self, state: AdminState, metrics: MetricsFn, reload: ReloadFn | None = None
+        self,
+        state: AdminState,
+        metrics: MetricsFn,
+        reload: ReloadFn | None = None,
+        *,
+        backends: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        config: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.state = state
         self.metrics = metrics
         self.reload = reload
+        self.backends = backends
+        self.config = config
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -130,7 +138,13 @@ class AdminProtocol(asyncio.Protocol):
 
     async def _route(self, method: bytes, path: str) -> bytes:
         known = {"/metrics", "/livez", "/healthz", "/readyz", "/startupz", "/reload"}
-        if path not in known or (path == "/reload" and self.reload is None):
+        known |= {"/backends", "/config"}
+        missing = (
+            (path == "/reload" and self.reload is None)
+            or (path == "/backends" and self.backends is None)
+            or (path == "/config" and self.config is None)
+        )
+        if path not in known or missing:
             return _response(404, b"not found\n", _TEXT)
         st = self.state
         if path == "/reload":
@@ -144,6 +158,16 @@ class AdminProtocol(asyncio.Protocol):
             return _response(code, json.dumps(outcome).encode() + b"\n", _JSON)
         if method != b"GET":
             return _response(405, b"method not allowed\n", _TEXT)
+        if path in ("/backends", "/config"):
+            if not st.authorized(self.auth):
+                return _response(403, b"forbidden\n", _TEXT)
+            if path == "/backends":
+                assert self.backends is not None
+                data = await self.backends()
+            else:
+                assert self.config is not None
+                data = self.config()
+            return _response(200, json.dumps(data, indent=1).encode() + b"\n", _JSON)
         if path == "/metrics":
             if not st.authorized(self.auth):
                 return _response(403, b"forbidden\n", _TEXT)

@@ -50,3 +50,32 @@ def _walk(old: Any, new: Any, path: str, inherited: str, found: list[str]) -> No
                 _walk(x, y, f"{key}[{i}]", reload, found)
         else:
             _walk(a, b, key, reload, found)
+
+
+#: keys whose values are secrets (shown as "<redacted>" by /config)
+SECRET_KEYS = frozenset({"api_token_hash"})
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The configuration as JSON-able data, without its secrets or raw text."""
+    return _plain(cfg)  # type: ignore[no-any-return]
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, tuple | list):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, frozenset):
+        return None
+    specs = section_specs(type(obj)) if hasattr(type(obj), "__dataclass_fields__") else None
+    if specs is None:
+        return obj
+    out: dict[str, Any] = {}
+    for spec in specs:
+        if spec.meta.derived:
+            continue
+        value = getattr(obj, spec.name)
+        if spec.name in SECRET_KEYS and value is not None:
+            out[spec.name] = "<redacted>"
+        else:
+            out[spec.name] = _plain(value)
+    return out

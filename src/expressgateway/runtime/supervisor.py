@@ -30,7 +30,7 @@ from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import is_served, is_udp
 from expressgateway.runtime.preflight import preflight
 from expressgateway.runtime.protocols import BUILDERS  # noqa: F401  (registers every protocol)
-from expressgateway.runtime.reload import restart_required
+from expressgateway.runtime.reload import redacted, restart_required
 from expressgateway.upstream.health import HealthChecker
 
 log = logging.getLogger("expressgateway.supervisor")
@@ -168,7 +168,7 @@ class Supervisor:
             log.error("worker %d failed: %s", handle.index, msg.get("message"))
             if handle.ready is not None and not handle.ready.done():
                 handle.ready.set_exception(BootError(str(msg.get("message"))))
-        elif op == "metrics":
+        elif op in ("metrics", "backends"):
             fut = handle.pending.pop(int(msg.get("id", 0)), None)
             if fut is not None and not fut.done():
                 fut.set_result(msg.get("data", {}))
@@ -293,7 +293,8 @@ class Supervisor:
         log.info("active health checks started", extra={"targets": len(self.health.targets)})
 
     # -- metrics ------------------------------------------------------------------
-    async def metrics_text(self) -> str:
+    async def _ask_workers(self, op: str) -> list[Any]:
+        """Send ``op`` to every worker; their answers (those in time)."""
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[Any]] = []
         for h in self.workers:
@@ -302,13 +303,53 @@ class Supervisor:
             mid = next(self._ids)
             fut: asyncio.Future[Any] = loop.create_future()
             h.pending[mid] = fut
-            h.channel.send({"op": "metrics", "id": mid})
+            h.channel.send({"op": op, "id": mid})
             futs.append(fut)
-        snaps = [REGISTRY.snapshot()]
-        if futs:
-            done, _ = await asyncio.wait(futs, timeout=METRICS_TIMEOUT)
-            snaps += [f.result() for f in done if not f.cancelled() and f.exception() is None]
+        if not futs:
+            return []
+        done, _ = await asyncio.wait(futs, timeout=METRICS_TIMEOUT)
+        return [f.result() for f in done if not f.cancelled() and f.exception() is None]
+
+    async def metrics_text(self) -> str:
+        snaps = [REGISTRY.snapshot(), *await self._ask_workers("metrics")]
         return render(merge_snapshots(snaps))
+
+    async def backends_json(self) -> dict[str, Any]:
+        """``/backends``: every cluster with each backend's health and load,
+        per worker and summed."""
+        reports = await self._ask_workers("backends")
+        merged: dict[str, Any] = {}
+        for wi, report in enumerate(reports):
+            for cluster in report:
+                c = merged.setdefault(
+                    cluster["name"],
+                    {"name": cluster["name"], "policy": cluster["policy"], "backends": {}},
+                )
+                for ep in cluster["endpoints"]:
+                    b = c["backends"].setdefault(
+                        ep["name"],
+                        {
+                            "name": ep["name"],
+                            "weight": ep["weight"],
+                            "active_check": self.verdicts.get(
+                                (cluster["name"], ep["origin"]), True
+                            ),
+                            "healthy_in_workers": 0,
+                            "active_requests": 0,
+                            "connections": 0,
+                            "workers": [],
+                        },
+                    )
+                    b["healthy_in_workers"] += 1 if ep["healthy"] else 0
+                    b["active_requests"] += ep["active"]
+                    b["connections"] += ep["connections"]
+                    b["workers"].append({"worker": wi, **ep})
+        clusters = [{**c, "backends": list(c["backends"].values())} for c in merged.values()]
+        return {"workers": len(reports), "clusters": clusters}
+
+    def config_json(self) -> dict[str, Any]:
+        """``/config``: the running configuration, secrets redacted."""
+        return {"source": self.cfg.source, "config": redacted(self.cfg)}
 
     # -- run ------------------------------------------------------------------------
     def _log_boot(self) -> None:
@@ -340,7 +381,13 @@ class Supervisor:
         admin_server = None
         if self.admin_sock is not None:
             admin_server = await loop.create_server(
-                lambda: AdminProtocol(self.state, self.metrics_text, self.reload),
+                lambda: AdminProtocol(
+                    self.state,
+                    self.metrics_text,
+                    self.reload,
+                    backends=self.backends_json,
+                    config=self.config_json,
+                ),
                 sock=self.admin_sock,
             )
             log.info(

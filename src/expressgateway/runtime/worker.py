@@ -52,6 +52,15 @@ class Worker:
             asyncio.get_running_loop().create_task(self.start(msg))
         elif op == "metrics":
             self.reply({"op": "metrics", "id": msg.get("id"), "data": REGISTRY.snapshot()})
+        elif op == "backends":
+            current = cluster_mod.CURRENT
+            self.reply(
+                {
+                    "op": "backends",
+                    "id": msg.get("id"),
+                    "data": current.report() if current is not None else [],
+                }
+            )
         elif op == "reload":
             self.reload(msg)
         elif op == "certs":

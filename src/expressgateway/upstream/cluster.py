@@ -283,6 +283,39 @@ class Clusters:
             resolver.start()
             self.resolvers.append(resolver)
 
+    def report(self) -> list[dict[str, Any]]:
+        """What ``/backends`` shows of this worker's clusters."""
+        now = time.monotonic()
+        out = []
+        for c in self.by_name.values():
+            policy = type(c.balancer).__name__
+            eps = []
+            for ep in c.endpoints:
+                st = c.states.get(ep.name)
+                eps.append(
+                    {
+                        "name": ep.name,
+                        "origin": ep.origin,
+                        "weight": ep.weight,
+                        "healthy": ep.healthy,
+                        "active": ep.active,
+                        "connections": ep.connections,
+                        "ejected_for_s": round(max(0.0, st.ejected_until - now), 3) if st else 0.0,
+                        "ejections": st.ejections if st else 0,
+                    }
+                )
+            out.append(
+                {
+                    "name": c.name,
+                    "policy": policy,
+                    "requests": c.requests,
+                    "retries": c.retries,
+                    "pending": c.pending,
+                    "endpoints": eps,
+                }
+            )
+        return out
+
     def stop_dns(self) -> None:
         for resolver in self.resolvers:
             resolver.stop()
