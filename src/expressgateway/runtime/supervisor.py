@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import signal
@@ -48,6 +49,11 @@ _RELOAD_RESTART = REGISTRY.counter(
     "Changed keys a reload refused because they need a restart.",
 )
 _RESTARTS = REGISTRY.counter("worker_restarts_total", "Worker processes restarted after dying.")
+_RESTARTS = REGISTRY.counter(
+    "gateway_restarts_total",
+    "Zero-downtime restarts (SIGUSR2) of this gateway, by result (handed_over, failed).",
+    ("result",),
+)
 _WORKERS = REGISTRY.gauge("workers", "Worker processes currently running.")
 _UP = REGISTRY.gauge("process_start_time_seconds", "Start time of the gateway, Unix seconds.")
 
@@ -90,6 +96,8 @@ class Supervisor:
         #: active health checks (once per gateway) and their latest verdicts
         self.health: HealthChecker | None = None
         self.verdicts: dict[tuple[str, str], bool] = {}
+        #: a new gateway took over our sockets (SIGUSR2)
+        self.handed_over = False
 
     # -- binding ----------------------------------------------------------------
     def bind(self) -> None:
@@ -103,6 +111,8 @@ class Supervisor:
             )
             for lc in self.served
         ]
+        if self._adopt(specs):
+            return
         try:
             self.sockets = bind_all(specs, self.nworkers)
             bind = self.cfg.observability.metrics_bind
@@ -116,6 +126,79 @@ class Supervisor:
                     s.close()
             self.sockets = []
             raise BootError(str(exc)) from exc
+
+    def _adopt(self, specs: list[ListenSpec]) -> bool:
+        """A zero-downtime restart: take over the listening sockets the old
+        gateway handed down (``EG_INHERIT``), when the layout is the same.
+        The sockets (and their accept queues) are the very same: no
+        connection is refused while the old gateway drains."""
+        raw = os.environ.pop("EG_INHERIT", None)
+        if raw is None:
+            return False
+        inherited = json.loads(raw)
+        layout = [[sp.name, sp.host, sp.port, sp.udp] for sp in specs]
+        fds = inherited["fds"]
+        if inherited["listeners"] != layout or len(fds) != self.nworkers:
+            log.warning(
+                "restart: listeners or worker count changed; binding anew beside the old "
+                "gateway (SO_REUSEPORT) instead of taking over its sockets"
+            )
+            for fd in [fd for row in fds for fd in row] + [inherited.get("admin")]:
+                if fd is not None:
+                    os.close(fd)
+            return False
+        self.sockets = [[socket.socket(fileno=fd) for fd in row] for row in fds]
+        if inherited.get("admin") is not None:
+            self.admin_sock = socket.socket(fileno=inherited["admin"])
+        log.info("restart: took over the listening sockets of the old gateway")
+        return True
+
+    async def handover(self) -> None:
+        """SIGUSR2: start a new gateway (same command and file: new code or
+        config) on these very sockets; once it is ready, drain and exit."""
+        if self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        layout = {
+            "listeners": [[lc.name, lc.host, lc.port, is_udp(lc)] for lc in self.served],
+            "fds": [[sk.fileno() for sk in row] for row in self.sockets],
+            "admin": self.admin_sock.fileno() if self.admin_sock is not None else None,
+        }
+        ready_r, ready_w = os.pipe()
+        fds = [fd for row in layout["fds"] for fd in row]  # type: ignore[attr-defined]
+        if layout["admin"] is not None:
+            fds.append(layout["admin"])
+        env = {**os.environ, "EG_INHERIT": json.dumps(layout), "EG_READY_FD": str(ready_w)}
+        log.info("restart: starting the new gateway")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "expressgateway", self.cfg.source],
+            pass_fds=[*fds, ready_w],
+            env=env,
+        )
+        os.close(ready_w)
+        ok = False
+        try:
+            data = await asyncio.wait_for(
+                loop.run_in_executor(None, os.read, ready_r, 1), BOOT_TIMEOUT + 10
+            )
+            ok = data == b"1"
+        except TimeoutError:
+            ok = False
+        finally:
+            os.close(ready_r)
+        if not ok:
+            _RESTARTS.labels("failed").inc()
+            log.error("restart: the new gateway did not become ready; this one keeps serving")
+            if proc.poll() is None:
+                proc.kill()
+            return
+        _RESTARTS.labels("handed_over").inc()
+        log.info(
+            "restart: the new gateway is ready; draining this one", extra={"new_pid": proc.pid}
+        )
+        self.handed_over = True
+        assert self.stop_event is not None
+        self.stop_event.set()
 
     # -- workers ------------------------------------------------------------------
     async def _spawn(self, handle: WorkerHandle) -> None:
@@ -405,6 +488,7 @@ class Supervisor:
             loop.add_signal_handler(sig, on_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
         loop.add_signal_handler(signal.SIGUSR1, self.reload_certificates)
+        loop.add_signal_handler(signal.SIGUSR2, lambda: loop.create_task(self.handover()))
         self.workers = [WorkerHandle(i) for i in range(self.nworkers)]
         try:
             for h in self.workers:
@@ -427,15 +511,29 @@ class Supervisor:
         self.state.started = True
         self.state.phase = Phase.READY
         log.info("probes flipped to Ready")
+        self._tell_predecessor()
         self._start_health()
         await self.stop_event.wait()
-        await self._drain(settle=drain_settle["value"])
+        if self.handed_over and admin_server is not None:
+            admin_server.close()  # the new gateway answers on the same socket now
+            admin_server = None
+        await self._drain(settle=drain_settle["value"] and not self.handed_over)
         if self.health is not None:
             await self.health.stop()
         if admin_server is not None:
             admin_server.close()
         log.info("ExpressGateway stopped")
         return 0
+
+    def _tell_predecessor(self) -> None:
+        """Tell the gateway that started us (SIGUSR2) that we serve now."""
+        fd = os.environ.pop("EG_READY_FD", None)
+        if fd is not None:
+            try:
+                os.write(int(fd), b"1")
+                os.close(int(fd))
+            except OSError:
+                pass
 
     async def _drain(self, *, settle: bool) -> None:
         self.state.phase = Phase.DRAINING
