@@ -49,7 +49,7 @@ _RELOAD_RESTART = REGISTRY.counter(
     "Changed keys a reload refused because they need a restart.",
 )
 _RESTARTS = REGISTRY.counter("worker_restarts_total", "Worker processes restarted after dying.")
-_RESTARTS = REGISTRY.counter(
+_HANDOVERS = REGISTRY.counter(
     "gateway_restarts_total",
     "Zero-downtime restarts (SIGUSR2) of this gateway, by result (handed_over, failed).",
     ("result",),
@@ -187,12 +187,12 @@ class Supervisor:
         finally:
             os.close(ready_r)
         if not ok:
-            _RESTARTS.labels("failed").inc()
+            _HANDOVERS.labels("failed").inc()
             log.error("restart: the new gateway did not become ready; this one keeps serving")
             if proc.poll() is None:
                 proc.kill()
             return
-        _RESTARTS.labels("handed_over").inc()
+        _HANDOVERS.labels("handed_over").inc()
         log.info(
             "restart: the new gateway is ready; draining this one", extra={"new_pid": proc.pid}
         )
