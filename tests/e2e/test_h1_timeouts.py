@@ -4,6 +4,7 @@ and what the client gets when the upstream refuses, hangs or is missing."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import time
@@ -248,3 +249,30 @@ def test_listener_drain_timeout_overrides_the_runtime_one(origin_port: int) -> N
             gw.proc.send_signal(signal.SIGTERM)
             data = head + recv_until_close(sock, timeout=10)
         assert data.endswith(b"\r\n\r\ndone"), data[-200:]
+
+
+def test_drain_deadline_cuts_what_is_left_and_counts_it(origin_port: int) -> None:
+    """A response slower than the drain budget (1 s): the request in flight
+    is answered until the deadline, then cut, and the cut is logged."""
+    port, admin = free_port(), free_port()
+    cfg = h1_config(admin, h1_listener(port, [origin_port]))
+    with gateway(cfg, admin_port=admin) as gw:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET /slow-body/4000 HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            head = sock.recv(4096)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert gw.proc is not None
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGTERM)
+            data = head + recv_until_close(sock, timeout=10)
+            took = time.monotonic() - started
+        assert not data.endswith(b"done")  # cut: the body never completed
+        assert 0.9 < took < 3.5  # not before the 1 s budget, not long after
+        assert gw.proc.wait(10) == 0
+        logs = gw.logs()  # complete now that the gateway has stopped
+    cut = [
+        json.loads(line)
+        for line in logs.splitlines()
+        if '"drain deadline passed; aborting connections"' in line
+    ]
+    assert [r["left"] for r in cut] == [1], logs[-2000:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -140,11 +142,19 @@ class L7Context:
         child.value += 1
 
     def drain(self) -> None:
+        """Tell every connection of this listener to finish. Each is told
+        after a random delay up to the drain jitter, so clients do not all
+        reconnect in the same instant."""
         self.draining = True
+        _, jitter_ms = self.config.effective_drain(self.listener)
+        loop = asyncio.get_running_loop()
         for member in list(self.sweeper.members):
             drain = getattr(member, "drain", None)
             if drain is not None and getattr(member, "ctx", None) is self:
-                drain()
+                if jitter_ms:
+                    loop.call_later(random.uniform(0, jitter_ms / 1000), drain)
+                else:
+                    drain()
 
     def reject(self, reason: str) -> None:
         REJECTED.labels(self.name, reason).inc()

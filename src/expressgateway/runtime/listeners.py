@@ -71,10 +71,10 @@ class Running:
             if isinstance(item, CertSlot):
                 item.reload(lc)
 
-    def busy(self) -> bool:
-        """Connections that drain() asked to finish are still open (QUIC;
+    def open_connections(self) -> int:
+        """Connections that drain() asked to finish and are still open (QUIC;
         TCP connections are counted by the worker's admission)."""
-        return self.quic is not None and bool(self.quic.connections)
+        return len(self.quic.connections) if self.quic is not None else 0
 
     def close(self) -> None:
         """Last step of shutdown: abort what is left."""

@@ -173,11 +173,17 @@ class Worker:
         for r in self.running:
             r.drain()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            idle = self.admission is None or self.admission.inflight == 0
-            if idle and not any(r.busy() for r in self.running):
+        left = 0
+        while True:
+            left = (self.admission.inflight if self.admission is not None else 0) + sum(
+                r.open_connections() for r in self.running
+            )
+            if left == 0 or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.05)
+        if left:
+            # the deadline passed: what is still open is cut when we exit
+            log.warning("drain deadline passed; aborting connections", extra={"left": left})
         self.done.set()
 
 
