@@ -96,7 +96,7 @@ def test_tcp_example_boots_and_relays_round_robin() -> None:
                     seen.append(recv_line(c))
                     c.sendall(b"payload %d" % i)
                     assert recv_exactly(c, 9) == b"payload %d" % i
-            assert seen == [b"first", b"second"] * 2
+            assert seen in ([b"first", b"second"] * 2, [b"second", b"first"] * 2)  # random start
 
 
 def test_tls_example_boots_and_relays(tls_files: dict[str, str]) -> None:

@@ -121,7 +121,7 @@ def test_h1_example_boots_and_proxies_round_robin() -> None:
         text, port, admin = localize((EXAMPLES / "h1.toml").read_text(), [a.port, b.port])
         with gateway(text, admin_port=admin):
             seen = [curl(f"http://127.0.0.1:{port}/").stdout for _ in range(4)]
-    assert seen == [b"first", b"second"] * 2
+    assert seen in ([b"first", b"second"] * 2, [b"second", b"first"] * 2)  # random start
 
 
 def test_h1s_example_boots_and_proxies_to_plain_and_tls_backends(

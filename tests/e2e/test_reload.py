@@ -237,8 +237,14 @@ def test_admin_config_is_redacted_and_backends_show_health_and_load() -> None:
             assert cfg["config"]["listeners"][0]["cluster"] == "both"
 
             b.kill()  # one connect failure ejects it (outlier), in the worker that saw it
-            for _ in range(6):
-                served_by(port)
+
+            def ejected() -> bool:
+                served_by(port)  # connect failures are retried on alpha
+                _, rep = _get_json(admin, "/backends", token)
+                both = next(c for c in rep["clusters"] if c["name"] == "both")  # type: ignore[index]
+                return any(w["ejections"] for x in both["backends"] for w in x["workers"])
+
+            assert wait_for(ejected, timeout=15)
             status, report = _get_json(admin, "/backends", token)
             assert status == 200 and isinstance(report, dict)
             assert report["workers"] == 2
@@ -249,3 +255,53 @@ def test_admin_config_is_redacted_and_backends_show_health_and_load() -> None:
             assert by_name[a.address]["healthy_in_workers"] == 2
             assert by_name[b.address]["healthy_in_workers"] < 2
             assert any(w["ejections"] for w in by_name[b.address]["workers"])
+
+
+def _cn_for(port: int, ca_path: str, sni: str) -> str:
+    ctx = ssl.create_default_context(cafile=ca_path)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        cert = tls.getpeercert()
+    assert cert is not None
+    return dict(x[0] for x in cert["subject"])["commonName"]  # type: ignore[arg-type,index]
+
+
+def test_certificates_are_chosen_by_sni_and_reload_on_sigusr1(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_path = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+
+    def issue(cn: str, *names: str) -> tuple[str, str]:
+        cert = ca.issue_cert(*names, common_name=cn)
+        c, k = tmp_path / f"{cn}.crt", tmp_path / f"{cn}.key"
+        c.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+        cert.private_key_pem.write_to_path(str(k))
+        k.chmod(0o600)
+        return str(c), str(k)
+
+    main = issue("main", "localhost")
+    api = issue("api", "api.test", "x.api.test")
+    port, admin = free_port(), free_port()
+    with backends("alpha") as (a,):
+        text = h1_config(
+            admin,
+            f'\n[[listeners]]\nname = "tls"\naddress = "127.0.0.1:{port}"\nprotocol = "tls"\n'
+            f'[listeners.tls]\ncert_path = "{main[0]}"\nkey_path = "{main[1]}"\n'
+            f"[[listeners.tls.certificates]]\n"
+            f'server_names = ["api.test", "*.api.test"]\n'
+            f'cert_path = "{api[0]}"\nkey_path = "{api[1]}"\n'
+            f'[[listeners.backends]]\naddress = "{a.address}"\n',
+        )
+        with gateway(text, admin_port=admin) as gw:
+            assert _cn_for(port, ca_path, "localhost") == "main"
+            assert _cn_for(port, ca_path, "api.test") == "api"
+            assert _cn_for(port, ca_path, "x.api.test") == "api"
+            renewed = issue("api2", "api.test", "x.api.test")
+            Path(api[0]).write_bytes(Path(renewed[0]).read_bytes())
+            Path(api[1]).write_bytes(Path(renewed[1]).read_bytes())
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGUSR1)
+            assert wait_for(lambda: _cn_for(port, ca_path, "api.test") == "api2")
+            assert _cn_for(port, ca_path, "localhost") == "main"

@@ -57,6 +57,7 @@ __all__ = [
     "RuntimeConfig",
     "RuntimeTlsConfig",
     "SecurityConfig",
+    "SniCertificateConfig",
     "TlsConfig",
     "UdpConfig",
     "WatchdogConfig",
@@ -161,6 +162,31 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SniCertificateConfig:
+    """An extra certificate of a TLS listener (`[[listeners.tls.certificates]]`,
+    new), served to clients whose SNI matches `server_names`; the listener's
+    own `cert_path`/`key_path` serve everyone else."""
+
+    server_names: tuple[str, ...] = setting(
+        "Names this certificate is for: exact, or `*.example.com` for any subdomain.",
+        min_items=1,
+        check=HOST_PATTERN,
+    )
+    cert_path: str = setting(
+        "PEM certificate chain (leaf first).",
+        file=FileRule(),
+        check=checks.NONEMPTY,
+        reload="swappable",
+    )
+    key_path: str = setting(
+        "PEM private key, mode 0600 or stricter.",
+        file=FileRule(private=True),
+        check=checks.NONEMPTY,
+        reload="swappable",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TlsConfig:
     """TLS termination for `tls` and `h1s` listeners (required there, rejected
     elsewhere). TLS 1.2 and 1.3; SIGUSR1 re-reads the certificate and key."""
@@ -170,12 +196,14 @@ class TlsConfig:
         "config file's directory. Must exist and be readable.",
         file=FileRule(),
         check=checks.NONEMPTY,
+        reload="swappable",
     )
     key_path: str = setting(
         "PEM private key (PKCS#8 or SEC1). Must exist, be readable, and have mode "
         "0600 or stricter (no group or other bits).",
         file=FileRule(private=True),
         check=checks.NONEMPTY,
+        reload="swappable",
     )
     ticket_rotation_interval_seconds: int = setting(
         "How often the session-ticket key rotates. The original only required > 0; "
@@ -188,6 +216,12 @@ class TlsConfig:
         "Capped here at one year (the original did not validate it).",
         default=86_400,
         range=Range(0, _SECONDS_YEAR),
+    )
+    certificates: tuple[SniCertificateConfig, ...] = setting(
+        "More certificates, chosen by the client's SNI. Their files reload like the "
+        "listener's own; adding or removing entries needs a restart.",
+        default=(),
+        new=True,
     )
     alpn: tuple[AlpnProtocol, ...] | None = setting(
         "ALPN protocols offered, in preference order, from `h2` and `http/1.1`. Unset: "
@@ -238,10 +272,16 @@ class QuicConfig:
     termination by default, Mode B when `raw_proxy` is present."""
 
     cert_path: str = setting(
-        "PEM certificate chain. Must exist and be readable.", file=FileRule(), check=checks.NONEMPTY
+        "PEM certificate chain. Must exist and be readable.",
+        file=FileRule(),
+        check=checks.NONEMPTY,
+        reload="swappable",
     )
     key_path: str = setting(
-        "PEM private key. Must exist and be readable.", file=FileRule(), check=checks.NONEMPTY
+        "PEM private key. Must exist and be readable.",
+        file=FileRule(),
+        check=checks.NONEMPTY,
+        reload="swappable",
     )
     retry_secret_path: str = setting(
         "32-byte HMAC key for stateless Retry tokens. Created with mode 0600 when "

@@ -86,3 +86,40 @@ def client_context(
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
+
+
+class SniSelector:
+    """An ``sni_callback`` that hands a handshake the context of the first
+    certificate whose names match the client's SNI (exact, then ``*.``
+    wildcard); the listener's own context serves every other name.
+    ``remember`` also notes the name on the connection (for the 421 check)."""
+
+    def __init__(self, remember: bool = False) -> None:
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcards: list[tuple[str, ssl.SSLContext]] = []
+        self.remember = remember
+
+    def add(self, names: Sequence[str], ctx: ssl.SSLContext) -> None:
+        for name in names:
+            if name.startswith("*."):
+                self.wildcards.append((name[1:], ctx))
+            else:
+                self.exact.setdefault(name, ctx)
+
+    def __call__(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+        if self.remember:
+            try:
+                sslobj.eg_sni = name  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+        if not name:
+            return
+        name = name.lower()
+        ctx = self.exact.get(name)
+        if ctx is None:
+            for suffix, candidate in self.wildcards:
+                if name.endswith(suffix) and len(name) > len(suffix):
+                    ctx = candidate
+                    break
+        if ctx is not None:
+            sslobj.context = ctx

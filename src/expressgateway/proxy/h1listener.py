@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 
 from expressgateway.config import ListenerConfig
 from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.sweeper import Sweeper
-from expressgateway.io.tls import server_context
 from expressgateway.proxy.context import L7Context, alt_svc_value
 from expressgateway.proxy.h1front import H1Front
 from expressgateway.proxy.router import Router
 from expressgateway.runtime import features
-from expressgateway.runtime.listeners import CertSlot, Running, WorkerContext, builder
+from expressgateway.runtime.listeners import (
+    CertSlot,
+    Running,
+    WorkerContext,
+    builder,
+    tls_server,
+)
 from expressgateway.upstream.pool import Pool
 
 _shared: dict[int, tuple[Sweeper, Pool]] = {}
@@ -63,29 +67,16 @@ def worker_shared(wc: WorkerContext) -> tuple[Sweeper, Pool]:
     return got
 
 
-def _remember_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
-    # The SNI/Host check (421) needs the name the client asked for.
-    try:
-        sslobj.eg_sni = name  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
-
-
 @builder("h1", "h1s")
 async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
     cfg = wc.config
     sweeper, pool = worker_shared(wc)
     ssl_ctx = None
+    slots: list[CertSlot] = []
     if lc.protocol == "h1s":
         assert lc.tls is not None
-        ssl_ctx = server_context(
-            lc.tls.cert_path,
-            lc.tls.key_path,
-            alpn=lc.tls.alpn or ("h2", "http/1.1"),
-            tls13_only=cfg.runtime.tls.tls13_only,
-            where=f"listener {lc.name!r}",
-        )
-        ssl_ctx.sni_callback = _remember_sni
+        # the SNI is remembered for the SNI/Host check (421)
+        ssl_ctx, slots = tls_server(lc, cfg, lc.tls.alpn or ("h2", "http/1.1"), remember_sni=True)
     alt_svc = alt_svc_value(lc)
     ctx = L7Context(
         name=lc.name,
@@ -120,6 +111,5 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         )
         running = Running(lc.name, server=server)
     running.extra.append(ctx)
-    if ssl_ctx is not None:
-        running.extra.append(CertSlot(lc.name, ssl_ctx))
+    running.extra.extend(slots)
     return running

@@ -11,14 +11,14 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.admission import Admission
-from expressgateway.io.tls import TlsConfigError, server_context
+from expressgateway.io.tls import SniSelector, TlsConfigError, server_context
 from expressgateway.l4.tcp import L4Context, TcpRelay
 from expressgateway.l4.udp import UdpContext, UdpListener
 from expressgateway.observability.metrics import REGISTRY
@@ -96,16 +96,31 @@ class CertSlot:
     object first, then swaps it in: handshakes in progress keep the old
     one, new ones get the new one; a bad pair keeps the old one."""
 
-    def __init__(self, name: str, target: Any, quic: bool = False) -> None:
+    def __init__(self, name: str, target: Any, quic: bool = False, index: int = -1) -> None:
         self.name = name
         self.target = target
         self.quic = quic
+        #: which of ``[[listeners.tls.certificates]]`` (-1: the listener's own pair)
+        self.index = index
+
+    def _paths(self, lc: ListenerConfig) -> tuple[str, str] | None:
+        if self.quic:
+            return (lc.quic.cert_path, lc.quic.key_path) if lc.quic is not None else None
+        tls = lc.tls
+        if tls is None:
+            return None
+        if self.index < 0:
+            return tls.cert_path, tls.key_path
+        if self.index >= len(tls.certificates):
+            return None  # removed by a reload: the name falls back to the default pair
+        extra = tls.certificates[self.index]
+        return extra.cert_path, extra.key_path
 
     def reload(self, lc: ListenerConfig) -> bool:
-        block = lc.quic if self.quic else lc.tls
-        if block is None:
+        paths = self._paths(lc)
+        if paths is None:
             return False
-        cert, key = block.cert_path, block.key_path
+        cert, key = paths
         try:
             if self.quic:
                 from aioquic.quic.configuration import QuicConfiguration
@@ -125,6 +140,29 @@ class CertSlot:
         _CERT_RELOADS.labels(lc.name, "ok").inc()
         log.info("certificate reloaded", extra={"listener": lc.name, "cert": cert})
         return True
+
+
+def tls_server(
+    lc: ListenerConfig, cfg: Config, alpn: Sequence[str], *, remember_sni: bool = False
+) -> tuple[ssl.SSLContext, list[CertSlot]]:
+    """The listener's TLS context, plus one per extra certificate chosen by
+    SNI, and the slots that reload them."""
+    tls = lc.tls
+    assert tls is not None
+    tls13 = cfg.runtime.tls.tls13_only
+    where = f"listener {lc.name!r}"
+    ctx = server_context(tls.cert_path, tls.key_path, alpn=alpn, tls13_only=tls13, where=where)
+    slots = [CertSlot(lc.name, ctx)]
+    selector = SniSelector(remember=remember_sni)
+    for i, extra in enumerate(tls.certificates):
+        other = server_context(
+            extra.cert_path, extra.key_path, alpn=alpn, tls13_only=tls13, where=where
+        )
+        selector.add(extra.server_names, other)
+        slots.append(CertSlot(lc.name, other, index=i))
+    if remember_sni or tls.certificates:
+        ctx.sni_callback = selector
+    return ctx, slots
 
 
 @dataclass
@@ -171,13 +209,7 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
         cluster=cluster,
     )
     if lc.protocol == "tls" and lc.tls is not None:
-        ssl_ctx = server_context(
-            lc.tls.cert_path,
-            lc.tls.key_path,
-            alpn=lc.tls.alpn or (),
-            tls13_only=rt.tls.tls13_only,
-            where=f"listener {lc.name!r}",
-        )
+        ssl_ctx, slots = tls_server(lc, wc.config, lc.tls.alpn or ())
         acceptor = TlsAcceptor(
             lc.name,
             sock,
@@ -188,7 +220,7 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
             rt.accept_backoff_max_ms / 1000,
         )
         acceptor.start()
-        return Running(lc.name, acceptor=acceptor, extra=[ctx, CertSlot(lc.name, ssl_ctx)])
+        return Running(lc.name, acceptor=acceptor, extra=[ctx, *slots])
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: TcpRelay(ctx), sock=sock, backlog=rt.tcp_backlog)
     return Running(lc.name, server=server, extra=[ctx])

@@ -32,6 +32,16 @@ def preflight(cfg: Config, *, mint: bool = False) -> list[str]:
                 )
             except TlsConfigError as exc:
                 problems.append(str(exc))
+            for j, extra in enumerate(lc.tls.certificates):
+                try:
+                    server_context(
+                        extra.cert_path,
+                        extra.key_path,
+                        tls13_only=cfg.runtime.tls.tls13_only,
+                        where=f"listeners[{i}].tls.certificates[{j}]",
+                    )
+                except TlsConfigError as exc:
+                    problems.append(str(exc))
     return problems
 
 

@@ -60,6 +60,13 @@ def test_rendered_docs_list_every_key() -> None:
         "runtime.max_keepalive_requests",
         "pool.per_peer_max",
         "observability.access_log",
+        # certificates swap on reload (issue #7), unlike the original
+        "listeners[].tls.cert_path",
+        "listeners[].tls.key_path",
+        "listeners[].tls.certificates[].cert_path",
+        "listeners[].quic.cert_path",
+        "clusters",
+        "listeners[].routes",
     ],
 )
 def test_swappable_keys_follow_the_reload_contract(path: str) -> None:
@@ -73,7 +80,8 @@ def test_swappable_keys_follow_the_reload_contract(path: str) -> None:
         "listeners[].address",
         "listeners[].protocol",
         "listeners[].name",
-        "listeners[].tls.cert_path",
+        "listeners[].tls.certificates",
+        "listeners[].tls.certificates[].server_names",
         "listeners[].quic.max_idle_timeout_ms",
         "listeners[].drain_timeout_ms",
         "listeners[].drain_jitter_ms",
