@@ -293,8 +293,7 @@ class H1Front(asyncio.Protocol):
         stream = self.stream
         if stream is not None and not stream.closed:
             if stream.response_started:
-                self.ctx.reject(err.reason)
-                stream.on_timeout(err)  # aborts both sides
+                stream.on_timeout(err)  # counts it, aborts both sides
             else:
                 stream.fail(err)
             self.flush()

@@ -199,9 +199,7 @@ class MuxStreamFront:
             self.deadline = self.total_deadline
             return
         self.deadline = math.inf
-        if stream.response_started:
-            self.conn.ctx.reject(err.reason)
-        stream.on_timeout(err)
+        stream.on_timeout(err)  # counts the timeout once
 
 
 class MuxFront:
