@@ -266,6 +266,9 @@ def test_drain_deadline_cuts_what_is_left_and_counts_it(origin_port: int) -> Non
             gw.proc.send_signal(signal.SIGTERM)
             data = head + recv_until_close(sock, timeout=10)
             took = time.monotonic() - started
+            # the supervisor is still up: it counted the cut connection
+            assert gw.metric("drain_aborted_connections_total") == 1
+            assert gw.metric("worker_drains_total", outcome="cut") == 1
         assert not data.endswith(b"done")  # cut: the body never completed
         assert 0.9 < took < 3.5  # not before the 1 s budget, not long after
         assert gw.proc.wait(10) == 0

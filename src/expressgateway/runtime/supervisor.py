@@ -49,6 +49,16 @@ _RELOAD_RESTART = REGISTRY.counter(
     "Changed keys a reload refused because they need a restart.",
 )
 _RESTARTS = REGISTRY.counter("worker_restarts_total", "Worker processes restarted after dying.")
+_DRAINS = REGISTRY.counter(
+    "worker_drains_total",
+    "Worker drains (shutdown, restart), by outcome: clean (everything finished in "
+    "time) or cut (connections were still open at the deadline).",
+    ("outcome",),
+)
+_DRAIN_ABORTED = REGISTRY.counter(
+    "drain_aborted_connections_total",
+    "Connections still open when a drain deadline passed, cut as the worker exited.",
+)
 _HANDOVERS = REGISTRY.counter(
     "gateway_restarts_total",
     "Zero-downtime restarts (SIGUSR2) of this gateway, by result (handed_over, failed).",
@@ -251,6 +261,10 @@ class Supervisor:
             log.error("worker %d failed: %s", handle.index, msg.get("message"))
             if handle.ready is not None and not handle.ready.done():
                 handle.ready.set_exception(BootError(str(msg.get("message"))))
+        elif op == "drained":
+            left = int(msg.get("left", 0))
+            _DRAINS.labels("cut" if left else "clean").inc()
+            _DRAIN_ABORTED.inc(left)
         elif op in ("metrics", "backends"):
             fut = handle.pending.pop(int(msg.get("id", 0)), None)
             if fut is not None and not fut.done():

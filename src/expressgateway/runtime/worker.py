@@ -184,6 +184,7 @@ class Worker:
         if left:
             # the deadline passed: what is still open is cut when we exit
             log.warning("drain deadline passed; aborting connections", extra={"left": left})
+        self.reply({"op": "drained", "left": left})
         self.done.set()
 
 
