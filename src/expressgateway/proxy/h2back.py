@@ -21,21 +21,14 @@ from typing import TYPE_CHECKING, cast
 
 from expressgateway.codec.h2.client import H2ClientCodec
 from expressgateway.codec.h2.errors import H2ConnectionError
-from expressgateway.codec.h2.events import GoAwayReceived, WindowOpened
-from expressgateway.core.errors import UpstreamError
+from expressgateway.codec.h2.events import GoAwayReceived
 from expressgateway.core.events import (
-    CANCEL,
-    REFUSED_STREAM,
     Body,
     Headers,
-    Informational,
-    RequestHead,
-    Reset,
-    ResponseHead,
-    Trailers,
 )
 from expressgateway.io.sockets import configure_upstream
 from expressgateway.proxy.h2outbox import Outbox
+from expressgateway.proxy.muxback import MuxStreamBack
 from expressgateway.upstream.endpoint import Endpoint
 from expressgateway.upstream.pool import PeerKey, open_connection
 
@@ -49,134 +42,30 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 
 
-class H2StreamBack:
-    """One exchange on an upstream HTTP/2 connection."""
+class H2StreamBack(MuxStreamBack):
+    """One exchange on an upstream HTTP/2 connection: request bytes go out
+    within the backend's flow-control window, the rest waits in the outbox."""
 
-    __slots__ = (
-        "conn",
-        "head_seen",
-        "outbox",
-        "paused",
-        "reused",
-        "sid",
-        "stream",
-        "unacked",
-    )
+    __slots__ = ("outbox",)
 
     def __init__(self, conn: H2Upstream, reused: bool) -> None:
-        self.conn = conn
-        self.reused = reused
-        self.sid = 0
-        self.stream: Stream | None = None
-        self.paused = False
-        self.unacked = 0
+        super().__init__(conn, reused)
         self.outbox = Outbox()
-        self.head_seen = False
-
-    # -- Back interface --------------------------------------------------------------
-    def attach(self, stream: Stream) -> None:
-        self.stream = stream
-
-    def send_request_head(self, head: RequestHead) -> None:
-        conn = self.conn
-        try:
-            self.sid = conn.codec.send_request(head)
-        except UpstreamError as err:
-            stream = self.stream
-            self.stream = None
-            if stream is not None:
-                stream.on_back_error(err, True)
-            return
-        conn.streams[self.sid] = self
 
     def send_body(self, data: bytes, end_stream: bool) -> None:
-        if not self.sid:
+        if self.sid < 0:
             return
         sent_all = self.outbox.send_body(self.conn.codec, self.sid, data, end_stream)
         if not sent_all and self.stream is not None:
             self.stream.front.pause_request()
 
     def send_trailers(self, headers: Headers) -> None:
-        if self.sid:
+        if self.sid >= 0:
             self.outbox.send_trailers(self.conn.codec, self.sid, headers)
 
     def window_opened(self) -> None:
         if self.outbox.window_opened(self.conn.codec, self.sid) and self.stream is not None:
             self.stream.front.resume_request()
-
-    def pause_response(self) -> None:
-        self.paused = True
-
-    def resume_response(self) -> None:
-        self.paused = False
-        if self.unacked and self.sid:
-            n, self.unacked = self.unacked, 0
-            self.conn.codec.ack_data(self.sid, n)
-            self.conn.flush()
-
-    def abort(self) -> None:
-        self.stream = None
-        if self.sid:
-            self.conn.codec.reset_stream(self.sid, CANCEL)
-            self.conn.streams.pop(self.sid, None)
-            self.conn.flush()
-
-    def finish(self, request_complete: bool) -> bool:
-        self.stream = None
-        if self.sid:
-            if not request_complete:
-                # The response ended first: the rest of the upload is not wanted.
-                self.conn.codec.reset_stream(self.sid, CANCEL)
-            self.conn.streams.pop(self.sid, None)
-        self.conn.flush()
-        return False  # the connection stays shared; nothing to park
-
-    def release(self) -> None:
-        pass
-
-    def alive(self) -> bool:
-        return self.conn.usable()
-
-    def flush(self) -> None:
-        self.conn.flush()
-
-    # -- events from the connection -------------------------------------------------------
-    def on_event(self, ev: object) -> None:
-        stream = self.stream
-        if stream is None:
-            if isinstance(ev, Body) and ev.data:
-                self.conn.codec.ack_data(self.sid, len(ev.data))
-            return
-        if isinstance(ev, Body):
-            n = len(ev.data)
-            stream.on_response_body(ev.data, ev.end_stream)
-            if n:
-                if self.paused:
-                    self.unacked += n
-                else:
-                    self.conn.codec.ack_data(self.sid, n)
-        elif isinstance(ev, ResponseHead):
-            self.head_seen = True
-            stream.on_response_head(ev)
-        elif isinstance(ev, Trailers):
-            stream.on_response_trailers(ev.headers)
-        elif isinstance(ev, Informational):
-            stream.on_informational(ev)
-        elif isinstance(ev, Reset):
-            self.stream = None
-            self.conn.streams.pop(self.sid, None)
-            refused = ev.code == REFUSED_STREAM and not self.head_seen
-            reason = "refused_stream" if refused else (ev.reason or "upstream_reset")
-            stream.on_back_error(UpstreamError(reason), refused)
-        elif isinstance(ev, WindowOpened):
-            self.window_opened()
-
-    def connection_failed(self, reason: str) -> None:
-        stream = self.stream
-        self.stream = None
-        if stream is not None:
-            stream.on_back_error(UpstreamError(reason), False)
-            stream.flush()
 
 
 class H2Upstream(asyncio.Protocol):
@@ -221,6 +110,9 @@ class H2Upstream(asyncio.Protocol):
             and self.codec.can_open_stream()
             and time.monotonic() - self.created < self.ctx.pool.max_age
         )
+
+    def forget(self, sid: int) -> None:
+        self.streams.pop(sid, None)
 
     def new_back(self) -> H2StreamBack:
         back = H2StreamBack(self, reused=self.used)

@@ -38,18 +38,12 @@ from expressgateway.codec.h3.client import H3ClientCodec
 from expressgateway.codec.h3.quic import FlowQuic
 from expressgateway.core.errors import UpstreamError
 from expressgateway.core.events import (
-    CANCEL,
-    REFUSED_STREAM,
     Body,
     Headers,
-    Informational,
-    RequestHead,
-    Reset,
-    ResponseHead,
-    Trailers,
 )
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.h3front import STREAM_HIGH, STREAM_LOW, STREAM_WINDOW
+from expressgateway.proxy.muxback import MuxStreamBack
 from expressgateway.upstream.endpoint import Endpoint
 
 if TYPE_CHECKING:
@@ -79,35 +73,15 @@ def h3_key(ep: Endpoint) -> H3Key:
     return (ep.host, ep.port, ep.sni, ep.tls_verify_peer, ep.tls_ca_path or "")
 
 
-class H3StreamBack:
-    """One exchange on an upstream HTTP/3 connection."""
+class H3StreamBack(MuxStreamBack):
+    """One exchange on an upstream HTTP/3 connection: request bytes go to
+    QUIC's send buffer; the client is paused while too many wait for ACKs."""
 
-    __slots__ = ("conn", "head_seen", "paused", "req_paused", "reused", "sid", "stream", "unacked")
+    __slots__ = ("req_paused",)
 
     def __init__(self, conn: H3Upstream, reused: bool) -> None:
-        self.conn = conn
-        self.reused = reused
-        self.sid = -1
-        self.stream: Stream | None = None
-        self.paused = False
+        super().__init__(conn, reused)
         self.req_paused = False
-        self.unacked = 0
-        self.head_seen = False
-
-    # -- Back interface --------------------------------------------------------------
-    def attach(self, stream: Stream) -> None:
-        self.stream = stream
-
-    def send_request_head(self, head: RequestHead) -> None:
-        try:
-            self.sid = self.conn.codec.send_request(head)
-        except UpstreamError as err:
-            stream = self.stream
-            self.stream = None
-            if stream is not None:
-                stream.on_back_error(err, True)
-            return
-        self.conn.streams[self.sid] = self
 
     def send_body(self, data: bytes, end_stream: bool) -> None:
         if self.sid < 0:
@@ -128,77 +102,6 @@ class H3StreamBack:
     def send_trailers(self, headers: Headers) -> None:
         if self.sid >= 0:
             self.conn.codec.send_trailers(self.sid, headers)
-
-    def pause_response(self) -> None:
-        self.paused = True
-
-    def resume_response(self) -> None:
-        self.paused = False
-        if self.unacked and self.sid >= 0:
-            n, self.unacked = self.unacked, 0
-            self.conn.codec.ack_data(self.sid, n)
-            self.conn.flush()
-
-    def abort(self) -> None:
-        self.stream = None
-        if self.sid >= 0:
-            self.conn.codec.reset_stream(self.sid, CANCEL)
-            self.conn.forget(self.sid)
-            self.conn.flush()
-
-    def finish(self, request_complete: bool) -> bool:
-        self.stream = None
-        if self.sid >= 0:
-            if not request_complete:
-                self.conn.codec.request_done(self.sid)
-            self.conn.forget(self.sid)
-        self.conn.flush()
-        return False  # the connection stays shared; nothing to park
-
-    def release(self) -> None:
-        pass
-
-    def alive(self) -> bool:
-        return self.conn.usable()
-
-    def flush(self) -> None:
-        self.conn.flush()
-
-    # -- events from the connection -------------------------------------------------------
-    def on_event(self, ev: object) -> None:
-        stream = self.stream
-        if stream is None:
-            if isinstance(ev, Body) and ev.data:
-                self.conn.codec.ack_data(self.sid, len(ev.data))
-            return
-        if isinstance(ev, Body):
-            n = len(ev.data)
-            stream.on_response_body(ev.data, ev.end_stream)
-            if n:
-                if self.paused:
-                    self.unacked += n
-                else:
-                    self.conn.codec.ack_data(self.sid, n)
-        elif isinstance(ev, ResponseHead):
-            self.head_seen = True
-            stream.on_response_head(ev)
-        elif isinstance(ev, Trailers):
-            stream.on_response_trailers(ev.headers)
-        elif isinstance(ev, Informational):
-            stream.on_informational(ev)
-        elif isinstance(ev, Reset):
-            self.stream = None
-            self.conn.forget(self.sid)
-            refused = ev.code == REFUSED_STREAM and not self.head_seen
-            reason = "refused_stream" if refused else (ev.reason or "upstream_reset")
-            stream.on_back_error(UpstreamError(reason), refused)
-
-    def connection_failed(self, reason: str, retry: bool) -> None:
-        stream = self.stream
-        self.stream = None
-        if stream is not None:
-            stream.on_back_error(UpstreamError(reason), retry)
-            stream.flush()
 
 
 class H3Upstream(asyncio.DatagramProtocol):
