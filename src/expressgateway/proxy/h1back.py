@@ -19,6 +19,7 @@ from expressgateway.core.events import (
     Trailers,
     TunnelData,
 )
+from expressgateway.io.cork import cork
 from expressgateway.io.sockets import configure_upstream
 from expressgateway.upstream.pool import PeerKey
 
@@ -36,6 +37,7 @@ class H1Back(asyncio.Protocol):
     __slots__ = (
         "_wbuf",
         "codec",
+        "corked",
         "created",
         "ctx",
         "endpoint",
@@ -65,6 +67,7 @@ class H1Back(asyncio.Protocol):
         self.eof = False
         self.tunnel: WsTunnel | None = None
         self._wbuf: list[bytes] = []
+        self.corked = False
         #: the endpoint whose connection count this connection is in
         self.endpoint: Endpoint | None = None
 
@@ -75,6 +78,8 @@ class H1Back(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            if self.corked:
+                self.flush_now()
             self.transport.close()
 
     # -- asyncio ------------------------------------------------------------------
@@ -192,13 +197,22 @@ class H1Back(asyncio.Protocol):
         self._wbuf.append(self.codec.encode_trailers(headers))
 
     def send_raw(self, data: bytes) -> None:
+        if self.corked:
+            self.flush_now()
         if self.transport is not None:
             self.transport.write(data)
 
     def flush(self) -> None:
+        """Send what is buffered at the end of this loop iteration (io/cork.py)."""
+        if self._wbuf and not self.corked:
+            cork().defer(self)
+
+    def flush_now(self) -> None:
+        self.corked = False
         buf = self._wbuf
-        if buf and self.transport is not None:
-            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        t = self.transport
+        if buf and t is not None and not t.is_closing():
+            t.write(buf[0] if len(buf) == 1 else b"".join(buf))
         buf.clear()
 
     def pause_response(self) -> None:
@@ -212,6 +226,7 @@ class H1Back(asyncio.Protocol):
     def abort(self) -> None:
         self.stream = None
         self._wbuf.clear()
+        self.corked = False
         if self.transport is not None:
             self.transport.abort()
 

@@ -28,6 +28,7 @@ from expressgateway.core.events import (
     Trailers,
     TunnelData,
 )
+from expressgateway.io.cork import cork
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.checks import is_grpc, sni_mismatch
 from expressgateway.proxy.clock import (
@@ -79,6 +80,7 @@ class H1Front(asyncio.Protocol):
         "_wbuf",
         "admitted",
         "codec",
+        "corked",
         "ctx",
         "deadline",
         "early",
@@ -130,6 +132,7 @@ class H1Front(asyncio.Protocol):
         #: the upstream connection of the last exchange, kept for the next one
         self.parked: H1Back | None = None
         self._wbuf: list[bytes] = []
+        self.corked = False
         self.loop = asyncio.get_running_loop()
 
     # -- connection -----------------------------------------------------------------
@@ -348,7 +351,7 @@ class H1Front(asyncio.Protocol):
         self._wbuf.append(
             self.codec.encode_response_head(head, request_method=b"GET", keep_alive=False)
         )
-        self.flush()
+        self.flush_now()
         self.phase = TUNNEL
         self.deadline = math.inf
         self.total_deadline = math.inf
@@ -361,6 +364,8 @@ class H1Front(asyncio.Protocol):
                 tunnel.client_data(ev.data)
 
     def write_raw(self, data: bytes) -> None:
+        if self.corked:
+            self.flush_now()
         if self.transport is not None:
             self.transport.write(data)
 
@@ -410,7 +415,7 @@ class H1Front(asyncio.Protocol):
         # Closing without the message's end (last chunk, or short of
         # Content-Length) tells the client the response is truncated.
         self.keep_alive = False
-        self.flush()
+        self.flush_now()
         if self.transport is not None:
             self.transport.close()
 
@@ -453,9 +458,16 @@ class H1Front(asyncio.Protocol):
         return True
 
     def flush(self) -> None:
+        """Send what is buffered at the end of this loop iteration (io/cork.py)."""
+        if self._wbuf and not self.corked:
+            cork().defer(self)
+
+    def flush_now(self) -> None:
+        self.corked = False
         buf = self._wbuf
-        if buf and self.transport is not None:
-            self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        t = self.transport
+        if buf and t is not None and not t.is_closing():
+            t.write(buf[0] if len(buf) == 1 else b"".join(buf))
         buf.clear()
 
     def stream_done(self) -> None:
@@ -503,7 +515,7 @@ class H1Front(asyncio.Protocol):
     def _close(self) -> None:
         self.phase = CLOSING
         if self.transport is not None:
-            self.flush()
+            self.flush_now()
             self.transport.close()
 
     # -- deadlines ---------------------------------------------------------------------------
