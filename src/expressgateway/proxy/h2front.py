@@ -60,6 +60,8 @@ class H2Front(MuxFront, asyncio.Protocol):
         self.deadline = math.inf
         self.closed = False
         self.draining = False
+        #: a write is scheduled for the end of this event-loop turn
+        self.flush_pending = False
         self.preface = preface
         http = ctx.listener.http
         sec = ctx.listener.h2_security
@@ -127,15 +129,24 @@ class H2Front(MuxFront, asyncio.Protocol):
         log.warning(
             "http/2 connection error", extra={"listener": self.ctx.name, "reason": err.reason}
         )
-        self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        self.close()
 
     def close(self) -> None:
         if self.transport is not None:
+            self.transmit()
             self.transport.close()
 
     def flush(self) -> None:
+        """Write what the codec has queued at the end of this event-loop
+        turn: the responses of every backend read in the turn (and the
+        frames h2 queued meanwhile) leave in one TLS record and one send,
+        not one per response."""
+        if not self.flush_pending and self.transport is not None:
+            self.flush_pending = True
+            self.loop.call_soon(self.transmit)
+
+    def transmit(self) -> None:
+        self.flush_pending = False
         data = self.codec.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
@@ -173,5 +184,5 @@ class H2Front(MuxFront, asyncio.Protocol):
         self.release_parked()
         self.codec.shutdown(self.loop.time())
         self.flush()
-        if not self.streams and self.transport is not None:
-            self.transport.close()
+        if not self.streams:
+            self.close()
