@@ -474,6 +474,7 @@ def test_the_traffic_moved_the_families(rig: Rig, scrape: dict[str, Family]) -> 
     # connections and protocols
     for listener in ("web", "secure", "tcp-in"):
         moved("connections_total", listener=listener)
+    moved("tls_handshakes_total", listener="secure", resumed="false")
     moved("h2_streams_total", listener="secure")
     assert moved("h3_streams_total", listener="quic") >= 2
     moved("quic_connections_total", listener="quic")

@@ -127,10 +127,11 @@ Every original key keeps its name, type and default. Where we differ:
   keys must be 0600 or stricter (the original's release builds also refused
   wider modes, at boot).
 - **New keys** (marked **new** above): listener `name`, the `udp` listener
-  protocol with `[listeners.udp]`, backend `tls`, TLS `alpn`, the HTTP size
-  limits and forwarding-header switches, `workers`, `tcp_backlog`,
-  `accept_backoff_max_ms`, `[pool]` (documented but never parsed by the
-  original), `access_log`, `log_format` and `log_level`.
+  protocol with `[listeners.udp]`, backend `tls`, TLS `alpn` and
+  `session_tickets`, the HTTP size limits and forwarding-header switches,
+  `workers`, `tcp_backlog`, `accept_backoff_max_ms`, `[pool]` (documented
+  but never parsed by the original), `access_log`, `log_format` and
+  `log_level`.
 """
 
 

@@ -205,17 +205,32 @@ class TlsConfig:
         check=checks.NONEMPTY,
         reload="swappable",
     )
+    session_tickets: bool = setting(
+        "Resume TLS sessions with session tickets (RFC 5077; RFC 8446 §4.6.1), sealed "
+        "with keys the supervisor shares with every worker: a ticket from one worker "
+        "resumes on any. `false`: no tickets and no session cache, so every handshake "
+        "is a full one.",
+        default=True,
+        reload="swappable",
+        new=True,
+    )
     ticket_rotation_interval_seconds: int = setting(
-        "How often the session-ticket key rotates. The original only required > 0; "
-        "capped here at one year.",
+        "How often the session-ticket key rotates: the supervisor mints a new random key "
+        "and every worker seals new tickets with it. Keys are never written to disk; a "
+        "restart (SIGUSR2) starts with new ones. The original only required > 0; capped "
+        "here at one year.",
         default=86_400,
         range=Range(1, _SECONDS_YEAR),
+        reload="swappable",
     )
     ticket_rotation_overlap_seconds: int = setting(
-        "How long the previous ticket key still decrypts tickets after a rotation. "
-        "Capped here at one year (the original did not validate it).",
+        "How long a key still opens tickets after a rotation retired it (a client that "
+        "presents such a ticket resumes and gets a fresh one); 0 drops it at once. At "
+        "most 32 retired keys are kept, whatever the overlap. Capped here at one year "
+        "(the original did not validate it).",
         default=86_400,
         range=Range(0, _SECONDS_YEAR),
+        reload="swappable",
     )
     certificates: tuple[SniCertificateConfig, ...] = setting(
         "More certificates, chosen by the client's SNI. Their files reload like the "

@@ -31,6 +31,11 @@ log = logging.getLogger("expressgateway.accept")
 HANDSHAKE_ERRORS = REGISTRY.counter(
     "tls_handshake_errors_total", "TLS handshakes that failed or timed out.", ("listener", "reason")
 )
+HANDSHAKES = REGISTRY.counter(
+    "tls_handshakes_total",
+    "TLS handshakes completed, by whether the client resumed a session (ticket or cache).",
+    ("listener", "resumed"),
+)
 ACCEPT_ERRORS = REGISTRY.counter(
     "accept_errors_total", "Errors while accepting connections, by kind.", ("listener", "kind")
 )
@@ -73,6 +78,8 @@ class TlsAcceptor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reading = False
         self._closed = False
+        self._full = HANDSHAKES.labels(name, "false")
+        self._resumed = HANDSHAKES.labels(name, "true")
 
     def start(self) -> None:
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -128,7 +135,7 @@ class TlsAcceptor:
 
     async def _handshake(self, conn: socket.socket, ip: str) -> None:
         try:
-            await self._loop.connect_accepted_socket(
+            transport, _ = await self._loop.connect_accepted_socket(
                 lambda: self.factory(ip),
                 conn,
                 ssl=self.ssl_context,
@@ -141,6 +148,9 @@ class TlsAcceptor:
         except (OSError, ConnectionError) as exc:
             reason = "timeout" if isinstance(exc, ConnectionAbortedError) else "connection_error"
             self._failed(conn, ip, reason)
+        else:
+            sslobj = transport.get_extra_info("ssl_object")
+            (self._resumed if sslobj is not None and sslobj.session_reused else self._full).inc()
 
     def _failed(self, conn: socket.socket, ip: str, reason: str) -> None:
         HANDSHAKE_ERRORS.labels(self.name, reason[:40]).inc()

@@ -76,7 +76,13 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
     if lc.protocol == "h1s":
         assert lc.tls is not None
         # the SNI is remembered for the SNI/Host check (421)
-        ssl_ctx, slots = tls_server(lc, cfg, lc.tls.alpn or ("h2", "http/1.1"), remember_sni=True)
+        ssl_ctx, slots = tls_server(
+            lc,
+            cfg,
+            lc.tls.alpn or ("h2", "http/1.1"),
+            remember_sni=True,
+            tickets=wc.tickets.get(lc.name),
+        )
     alt_svc = alt_svc_value(lc)
     ctx = L7Context(
         name=lc.name,

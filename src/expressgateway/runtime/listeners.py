@@ -18,6 +18,7 @@ from typing import Any
 from expressgateway.config import Config, ListenerConfig
 from expressgateway.io.acceptor import TlsAcceptor
 from expressgateway.io.admission import Admission
+from expressgateway.io.tickets import TicketKeys, set_session_tickets
 from expressgateway.io.tls import SniSelector, TlsConfigError, server_context
 from expressgateway.l4.tcp import L4Context, TcpRelay
 from expressgateway.l4.udp import UdpContext, UdpListener
@@ -103,6 +104,11 @@ class CertSlot:
         #: which of ``[[listeners.tls.certificates]]`` (-1: the listener's own pair)
         self.index = index
 
+    def reconfigure_from(self, _config: Config, lc: ListenerConfig, _clusters: Clusters) -> None:
+        """A reload: ``session_tickets`` may have changed (TCP contexts only)."""
+        if not self.quic and lc.tls is not None:
+            set_session_tickets(self.target, lc.tls.session_tickets)
+
     def _paths(self, lc: ListenerConfig) -> tuple[str, str] | None:
         if self.quic:
             return (lc.quic.cert_path, lc.quic.key_path) if lc.quic is not None else None
@@ -143,10 +149,16 @@ class CertSlot:
 
 
 def tls_server(
-    lc: ListenerConfig, cfg: Config, alpn: Sequence[str], *, remember_sni: bool = False
+    lc: ListenerConfig,
+    cfg: Config,
+    alpn: Sequence[str],
+    *,
+    remember_sni: bool = False,
+    tickets: TicketKeys | None = None,
 ) -> tuple[ssl.SSLContext, list[CertSlot]]:
     """The listener's TLS context, plus one per extra certificate chosen by
-    SNI, and the slots that reload them."""
+    SNI, and the slots that reload them. ``tickets``: the listener's
+    session-ticket keys (None: OpenSSL's own per-context key)."""
     tls = lc.tls
     assert tls is not None
     tls13 = cfg.runtime.tls.tls13_only
@@ -162,6 +174,12 @@ def tls_server(
         slots.append(CertSlot(lc.name, other, index=i))
     if remember_sni or tls.certificates:
         ctx.sni_callback = selector
+    for slot in slots:
+        # OpenSSL seals and opens tickets with the context the handshake began
+        # on (the listener's own), but an SNI-chosen one gets the keys too
+        set_session_tickets(slot.target, tls.session_tickets)
+        if tickets is not None:
+            tickets.install(slot.target)
     return ctx, slots
 
 
@@ -174,6 +192,8 @@ class WorkerContext:
     index: int
     #: this worker's clusters (named pools and each listener's implicit one)
     clusters: Clusters = field(default_factory=lambda: Clusters(Config()))
+    #: session-ticket keys per TLS listener name (from the supervisor)
+    tickets: dict[str, TicketKeys] = field(default_factory=dict)
 
 
 Builder = Callable[[WorkerContext, ListenerConfig, socket.socket], Awaitable[Running]]
@@ -209,7 +229,9 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
         cluster=cluster,
     )
     if lc.protocol == "tls" and lc.tls is not None:
-        ssl_ctx, slots = tls_server(lc, wc.config, lc.tls.alpn or ())
+        ssl_ctx, slots = tls_server(
+            lc, wc.config, lc.tls.alpn or (), tickets=wc.tickets.get(lc.name)
+        )
         acceptor = TlsAcceptor(
             lc.name,
             sock,

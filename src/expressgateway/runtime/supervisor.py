@@ -32,6 +32,7 @@ from expressgateway.runtime.listeners import is_served, is_udp
 from expressgateway.runtime.preflight import preflight
 from expressgateway.runtime.protocols import BUILDERS  # noqa: F401  (registers every protocol)
 from expressgateway.runtime.reload import redacted, restart_required
+from expressgateway.runtime.tickets import TicketRotation
 from expressgateway.upstream.health import HealthChecker
 
 log = logging.getLogger("expressgateway.supervisor")
@@ -108,6 +109,8 @@ class Supervisor:
         self.verdicts: dict[tuple[str, str], bool] = {}
         #: a new gateway took over our sockets (SIGUSR2)
         self.handed_over = False
+        #: session-ticket keys of the TLS listeners, shared by every worker
+        self.tickets = TicketRotation(cfg, self._broadcast)
 
     # -- binding ----------------------------------------------------------------
     def bind(self) -> None:
@@ -242,8 +245,14 @@ class Supervisor:
                 "source": self.cfg.source,
                 "fds": fds,
                 "index": handle.index,
+                "ticket_keys": self.tickets.wire(),
             }
         )
+
+    def _broadcast(self, msg: dict[str, Any]) -> None:
+        for h in self.workers:
+            if h.channel is not None:
+                h.channel.send(msg)
 
     def _on_message(self, handle: WorkerHandle, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -349,6 +358,7 @@ class Supervisor:
         for h in self.workers:
             if h.channel is not None:
                 h.channel.send({"op": "reload", "config": new.text, "source": new.source})
+        self.tickets.reconfigure(new)
         if self.health is not None:
             await self.health.stop()
             self.health = None
@@ -527,7 +537,9 @@ class Supervisor:
         log.info("probes flipped to Ready")
         self._tell_predecessor()
         self._start_health()
+        self.tickets.start()
         await self.stop_event.wait()
+        self.tickets.stop()
         if self.handed_over and admin_server is not None:
             admin_server.close()  # the new gateway answers on the same socket now
             admin_server = None

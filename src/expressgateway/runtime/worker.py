@@ -20,6 +20,7 @@ from typing import Any
 from expressgateway.config import Config, ConfigError, parse_config
 from expressgateway.io.acceptor import ACCEPT_ERRORS
 from expressgateway.io.admission import Admission
+from expressgateway.io.tickets import TicketKeys
 from expressgateway.observability.logging import setup_logging
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.runtime import loop as loops
@@ -44,11 +45,15 @@ class Worker:
         self.admission: Admission | None = None
         self.done = asyncio.Event()
         self.draining = False
+        #: session-ticket keys per TLS listener, from the supervisor
+        self.tickets: dict[str, TicketKeys] = {}
 
     # -- control ------------------------------------------------------------
     def on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "start":
+            # now, not in the task: a rotation right behind must not be overwritten
+            self.set_ticket_keys(msg.get("ticket_keys") or {})
             asyncio.get_running_loop().create_task(self.start(msg))
         elif op == "metrics":
             self.reply({"op": "metrics", "id": msg.get("id"), "data": REGISTRY.snapshot()})
@@ -65,6 +70,8 @@ class Worker:
             self.reload(msg)
         elif op == "certs":
             self.reload_certificates()
+        elif op == "ticket_keys":
+            self.set_ticket_keys(msg.get("keys") or {})
         elif op == "health":
             # an active-check verdict, decided once per gateway by the supervisor
             cluster_mod.set_active_health(
@@ -85,6 +92,16 @@ class Worker:
         if self.channel is not None:
             self.channel.send(msg)
 
+    def set_ticket_keys(self, wire: dict[str, list[str]]) -> None:
+        """A rotation: each listener's keys, current first (hex)."""
+        for name, keys in wire.items():
+            raw = [bytes.fromhex(k) for k in keys]
+            found = self.tickets.get(name)
+            if found is None:
+                self.tickets[name] = TicketKeys(raw)
+            else:
+                found.update(raw)
+
     # -- lifecycle ----------------------------------------------------------
     async def start(self, msg: dict[str, Any]) -> None:
         try:
@@ -100,7 +117,11 @@ class Worker:
         cluster_mod.CURRENT = clusters
         self.config = cfg
         wc = WorkerContext(
-            config=cfg, admission=self.admission, index=int(msg.get("index", 0)), clusters=clusters
+            config=cfg,
+            admission=self.admission,
+            index=int(msg.get("index", 0)),
+            clusters=clusters,
+            tickets=self.tickets,
         )
         self._tick_clusters(clusters)
         fds: list[int] = msg["fds"]
