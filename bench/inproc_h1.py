@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from expressgateway.config.load import parse_config
 from expressgateway.io.admission import Admission
+from expressgateway.io.cork import cork
 from expressgateway.proxy.h1back import H1Back
 from expressgateway.proxy.h1front import H1Front
 from expressgateway.proxy.h1listener import build_h1
@@ -138,10 +139,21 @@ async def setup() -> tuple[H1Front, H1Back, FakeTransport]:
     return front, back, ftr
 
 
+def end_of_iteration() -> None:
+    """What the event loop does after the I/O callbacks: the deferred writes.
+    The cork stays marked as scheduled so that no loop callback piles up (in
+    the gateway one callback serves a whole batch of connections)."""
+    c = cork()
+    c.run()
+    c.scheduled = True
+
+
 def exchange(front: H1Front, back: H1Back, ftr: FakeTransport) -> None:
     before = ftr.written
     front.data_received(REQUEST)
+    end_of_iteration()
     back.data_received(RESPONSE)
+    end_of_iteration()
     if ftr.written - before < len(BODY):
         raise SystemExit("no response reached the client: the harness is broken")
 

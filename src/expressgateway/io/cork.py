@@ -41,9 +41,10 @@ class Cork:
         self.pending.append(conn)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self._run)
+            self.loop.call_soon(self.run)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Write every deferred buffer now (the end of the iteration)."""
         self.scheduled = False
         pending = self.pending
         self.pending = []

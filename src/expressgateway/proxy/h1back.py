@@ -35,6 +35,7 @@ LOW_WATER = 16 * 1024
 
 class H1Back(asyncio.Protocol):
     __slots__ = (
+        "_cork",
         "_wbuf",
         "codec",
         "corked",
@@ -68,6 +69,7 @@ class H1Back(asyncio.Protocol):
         self.tunnel: WsTunnel | None = None
         self._wbuf: list[bytes] = []
         self.corked = False
+        self._cork = cork()
         #: the endpoint whose connection count this connection is in
         self.endpoint: Endpoint | None = None
 
@@ -205,7 +207,7 @@ class H1Back(asyncio.Protocol):
     def flush(self) -> None:
         """Send what is buffered at the end of this loop iteration (io/cork.py)."""
         if self._wbuf and not self.corked:
-            cork().defer(self)
+            self._cork.defer(self)
 
     def flush_now(self) -> None:
         self.corked = False

@@ -77,6 +77,7 @@ LOW_WATER = 16 * 1024
 
 class H1Front(asyncio.Protocol):
     __slots__ = (
+        "_cork",
         "_wbuf",
         "admitted",
         "codec",
@@ -133,6 +134,7 @@ class H1Front(asyncio.Protocol):
         self.parked: H1Back | None = None
         self._wbuf: list[bytes] = []
         self.corked = False
+        self._cork = cork()
         self.loop = asyncio.get_running_loop()
 
     # -- connection -----------------------------------------------------------------
@@ -460,7 +462,7 @@ class H1Front(asyncio.Protocol):
     def flush(self) -> None:
         """Send what is buffered at the end of this loop iteration (io/cork.py)."""
         if self._wbuf and not self.corked:
-            cork().defer(self)
+            self._cork.defer(self)
 
     def flush_now(self) -> None:
         self.corked = False
