@@ -4,12 +4,13 @@ table carries across header blocks, and never-indexed fields decode."""
 
 from __future__ import annotations
 
+import h2.events
 import pytest
 from hpack import Encoder
 
-from expressgateway.codec.h2 import H2ConnectionError
-from expressgateway.core.events import COMPRESSION_ERROR, RequestHead
-from tests.unit.h2.helpers import BASIC, RawClient, goaway_of, only_head, server
+from expressgateway.codec.h2 import H2ConnectionError, StreamRejected
+from expressgateway.core.events import COMPRESSION_ERROR, RequestHead, ResponseHead
+from tests.unit.h2.helpers import BASIC, RawClient, ServerPair, goaway_of, only_head, server
 
 # a block that starts with the four pseudo-headers from the static table
 _PSEUDO = b"\x82\x87\x84"  # :method GET, :scheme https, :path /
@@ -131,3 +132,60 @@ def test_refused_streams_still_update_the_table() -> None:
     out = codec.feed(raw.raw_headers(5, enc.encode([*BASIC, (b"x-new", b"value")])), 1.0)
     assert isinstance(out[0][1], RequestHead)
     assert out[0][1].headers == [(b"x-new", b"value")]
+
+
+# -- the codecs' HPACK memos: a repeat is cheap, never stale -------------------------
+
+
+# literal with incremental indexing (§6.2.1), new name
+def _insert(name: bytes, value: bytes) -> bytes:
+    return b"\x40" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+
+def test_a_repeated_indexed_block_follows_the_table() -> None:
+    """The same octets of an all-indexed block decode to other fields once
+    the dynamic table has changed (the decoder remembers repeats only while
+    the table stays as it was)."""
+    raw = RawClient()
+    codec = server()
+    # table after this block: 62 x-a: 1, 63 :authority example.com
+    first = _PSEUDO + b"\x41\x0bexample.com" + _insert(b"x-a", b"1")
+    codec.feed(raw.raw_headers(1, first), 1.0)
+    repeat = _PSEUDO + b"\xbf\xbe"  # :authority example.com, x-a: 1
+    for sid in (3, 5):
+        head = only_head(codec.feed(raw.raw_headers(sid, repeat), 1.0))
+        assert (head.authority, head.headers) == (b"example.com", [(b"x-a", b"1")])
+    # a new entry shifts the indices: 62 x-b: 2, 63 x-a: 1, 64 :authority
+    codec.feed(raw.raw_headers(7, _PSEUDO + b"\xbf" + _insert(b"x-b", b"2")), 1.0)
+    out = codec.feed(raw.raw_headers(9, repeat), 1.0)
+    assert isinstance(out[0][1], StreamRejected)  # no authority any more
+    assert out[0][1].error.reason == "bad_host"
+
+
+def test_repeated_response_heads_stay_right_as_the_table_changes() -> None:
+    """The encoder's remembered octets for indexed fields are dropped when
+    a field enters the table: a real h2 client decodes every head right."""
+    pair = ServerPair()
+    heads = [
+        [(b"server", b"nginx"), (b"etag", b'"1"')],
+        [(b"server", b"nginx"), (b"etag", b'"1"')],
+        [(b"x-new", b"v"), (b"server", b"nginx"), (b"etag", b'"1"')],
+        [(b"server", b"nginx"), (b"etag", b'"1"')],
+        [(b"etag", b'"2"'), (b"server", b"nginx")],
+        [(b"server", b"nginx"), (b"etag", b'"1"'), (b"x-new", b"v")],
+    ]
+    for fields in heads:
+        sid, _ = pair.request()
+        pair.codec.send_response_head(sid, ResponseHead(204, list(fields), True))
+        events = pair.to_client()
+        got = [ev for ev in events if isinstance(ev, h2.events.ResponseReceived)]
+        assert got[0].headers == [(b":status", b"204"), *fields]
+
+
+def test_response_literals_are_not_huffman_coded() -> None:
+    """RFC 7541 §5.2 leaves Huffman coding to the encoder; ours sends
+    literals as they are (cheaper than hpack's per-octet coder)."""
+    pair = ServerPair()
+    sid, _ = pair.request()
+    pair.codec.send_response_head(sid, ResponseHead(204, [(b"x-plain", b"visible")], True))
+    assert b"visible" in pair.codec.data_to_send()

@@ -41,7 +41,7 @@ from h2.exceptions import (
     TooManyStreamsError,
 )
 from h2.settings import SettingCodes, Settings
-from hpack import Decoder, HeaderTuple
+from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame
 
@@ -73,6 +73,10 @@ _first = itemgetter(0)
 _MAX_STREAM_ID = 2**31 - 1
 _DRIBBLE = 1024
 _SHUTDOWN_PING = b"eg-drain"
+#: the one-octet indexed field representations (RFC 7541 §6.1: index 1-126)
+_INDEXED_OCTETS = bytes(range(0x81, 0xFF))
+#: memo entries kept at most (a table holds about 128 entries at 4 KiB)
+_MEMO_MAX = 256
 
 
 class _HPACKDecoder(Decoder):
@@ -85,9 +89,33 @@ class _HPACKDecoder(Decoder):
       h2 does not track body lengths itself: it would make a mismatch a
       connection error (RFC 9113 §8.1.1 asks for a stream error) and it
       expects DATA after a 304 that declares a length (when the stream ends
-      with an empty DATA frame). The codecs track lengths per stream."""
+      with an empty DATA frame). The codecs track lengths per stream.
+
+    Decoded blocks that are nothing but one-octet indexed fields (a client
+    repeating a request) leave the dynamic table as it was, so their result
+    is remembered until a block that may change the table comes; a repeat
+    is then one dict lookup instead of a decode.
+    """
+
+    def __init__(self, max_header_list_size: int) -> None:
+        super().__init__(max_header_list_size=max_header_list_size)
+        self._memo: dict[bytes, list[HeaderTuple]] = {}
 
     def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
+        memo = self._memo
+        if data.translate(None, _INDEXED_OCTETS) or not raw:
+            if memo:
+                memo.clear()
+            return self._decode(data, raw)
+        headers = memo.get(data)
+        if headers is None:
+            headers = self._decode(data, raw)
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[data] = headers
+        return list(headers)
+
+    def _decode(self, data: bytes, raw: bool) -> list[HeaderTuple]:
         try:
             headers = super().decode(data, raw)
         except OversizedHeaderListError:
@@ -99,7 +127,58 @@ class _HPACKDecoder(Decoder):
                 HeaderTuple(CONTENT_LENGTH, h[1]) if h[0] == b"content-length" else h
                 for h in headers
             ]
-        return headers
+        return headers  # type: ignore[return-value]
+
+
+class _HPACKEncoder(Encoder):
+    """hpack's encoder, cheaper for header blocks that repeat.
+
+    - A field that hpack encoded as an indexed representation (static or
+      dynamic table) is remembered with its octets until the dynamic table
+      changes (a field added with incremental indexing, a size update):
+      until then the same field encodes to the same octets, so a response
+      head that repeats (the common case behind a proxy) costs a dict lookup
+      per field.
+    - Literals are not Huffman-coded (RFC 7541 §5.2 leaves it to the
+      encoder): hpack's Huffman coder is per-octet Python, and literals are
+      rare once the table holds the repeating fields.
+    - Never-indexed fields (:class:`hpack.NeverIndexedHeaderTuple`) always
+      go through hpack (RFC 7541 §7.1.3 is its business)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._memo: dict[tuple[bytes, bytes], bytes] = {}
+
+    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
+        memo = self._memo
+        if self.header_table.resized:
+            memo.clear()
+            return super().encode(headers, huffman=False)
+        parts = []
+        for field in headers:
+            octets = memo.get(field)
+            if octets is None or type(field) is not tuple:
+                octets = self._add_field(field)
+            parts.append(octets)
+        return b"".join(parts)
+
+    def _add_field(self, field: Any) -> bytes:
+        if isinstance(field, HeaderTuple):
+            sensitive = not field.indexable
+            field = (field[0], field[1])
+        else:
+            sensitive = False
+        octets = self.add(field, sensitive, huffman=False)
+        first = octets[0]
+        if first & 0x80:  # indexed: stable while the table is
+            if not sensitive:
+                memo = self._memo
+                if len(memo) >= _MEMO_MAX:
+                    memo.clear()
+                memo[field] = octets
+        elif first & 0x40:  # incremental indexing: the table changed
+            self._memo.clear()
+        return octets
 
 
 class _NullLogger:
@@ -235,6 +314,7 @@ class H2Codec:
         # (431 / 502); beyond that the block is an HPACK bomb
         decoder = _HPACKDecoder(max_header_list_size=2 * max_header_list_size)
         conn.decoder = decoder
+        conn.encoder = _HPACKEncoder()
         self._conn = conn
 
         self._guard = AbuseGuard(
