@@ -32,6 +32,7 @@ from tests.support.h1 import (
     read_head,
     request,
 )
+from tests.support.l4 import poll
 from tests.support.processes import nginx_origin, origin
 
 NGINX_FILE = os.urandom(MiB + 123)
@@ -249,6 +250,38 @@ def test_one_upstream_connection_serves_a_keep_alive_client() -> None:
                     assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
             assert backend.connections == 1
             assert gw.metric("pool_connections_total") == 1
+
+
+def test_idle_clients_hold_at_most_park_max_upstream_connections() -> None:
+    """Each keep-alive client may keep its upstream connection between its
+    requests, but only ``pool.park_max`` of them per worker: the others give
+    theirs back to the shared idle pool (``per_peer_max``). So 6 idle clients
+    hold 2 + 1 upstream sockets, not 6; and they all keep being served."""
+    with ScriptedBackend(serve_forever) as backend:
+        admin, port = free_port(), free_port()
+        cfg = h1_config(
+            admin,
+            h1_listener(port, [backend.port]),
+            tail="[pool]\npark_max = 2\nper_peer_max = 1\n",
+        )
+        with gateway(cfg, admin_port=admin) as gw:
+            clients = [httpx.Client() for _ in range(6)]
+            try:
+                for client in clients:
+                    assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
+                assert gw.metric("pool_parked_connections") == 2
+                assert gw.metric("pool_idle_connections") == 1
+                # clients 3-6 came one after another: they shared the pooled one
+                assert gw.metric("pool_connections_total") == 3
+                assert backend.connections == 3
+                # every client still gets answers; the first two on their own socket
+                for client in clients:
+                    assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
+            finally:
+                for client in clients:
+                    client.close()
+            # the slots come back when the clients leave
+            assert poll(lambda: gw.metric("pool_parked_connections") == 0)
 
 
 def test_later_client_connections_reuse_the_pooled_upstream_connection(rig: Rig) -> None:

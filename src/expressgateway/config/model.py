@@ -945,6 +945,15 @@ class PoolConfig:
         default=300_000,
         range=Range(1000, 86_400_000),
     )
+    park_max: int = setting(
+        "**new** Client connections per worker that may keep their upstream HTTP/1.1 "
+        "connection between their requests (so a keep-alive client reuses the same "
+        "upstream socket without a pool lookup); beyond this, an upstream connection goes "
+        "back to the shared idle pool when its exchange ends. Bounds the upstream sockets "
+        "held by idle clients. Gauge `pool_parked_connections`.",
+        default=1024,
+        range=Range(0, 1_000_000),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

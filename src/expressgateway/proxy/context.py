@@ -91,6 +91,14 @@ class L7Context:
         self.listener = listener
         self.router = router
         self.alt_svc = alt_svc_value(listener) if listener.protocol != "quic" else None
+        pc = config.pool
+        self.pool.configure(  # shared by the worker's listeners: the same values
+            per_peer_max=pc.per_peer_max,
+            total_max=pc.total_max,
+            idle_timeout=pc.idle_timeout_ms / 1000,
+            max_age=pc.max_age_ms / 1000,
+            park_max=pc.park_max,
+        )
         self._status_children.clear()
         self._records.clear()
         self._derive()

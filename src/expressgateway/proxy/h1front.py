@@ -88,6 +88,7 @@ class H1Front(asyncio.Protocol):
         "got_bytes",
         "keep_alive",
         "loop",
+        "park_slot",
         "parked",
         "paused",
         "peer_ip",
@@ -132,6 +133,8 @@ class H1Front(asyncio.Protocol):
         self.tunnel: WsTunnel | None = None
         #: the upstream connection of the last exchange, kept for the next one
         self.parked: H1Back | None = None
+        #: holds one of the worker's parking slots (pool.park_max)
+        self.park_slot = False
         self._wbuf: list[bytes] = []
         self.corked = False
         self._cork = cork()
@@ -175,6 +178,9 @@ class H1Front(asyncio.Protocol):
         if parked is not None:
             self.parked = None
             parked.release()
+        if self.park_slot:
+            self.park_slot = False
+            self.ctx.pool.give_park_slot()
 
     def eof_received(self) -> bool:
         # A client half-close while a response is pending is allowed by RFC 9112
@@ -424,12 +430,20 @@ class H1Front(asyncio.Protocol):
     def park_back(self, back: Back) -> None:
         assert isinstance(back, H1Back)
         old = self.parked
-        if self.transport is None or not self.keep_alive:
+        if (
+            self.transport is None
+            or not self.keep_alive
+            or not (self.park_slot or self._take_park_slot())
+        ):
             back.release()
             return
         self.parked = back
         if old is not None and old is not back:
             old.release()
+
+    def _take_park_slot(self) -> bool:
+        self.park_slot = self.ctx.pool.take_park_slot()
+        return self.park_slot
 
     def take_parked(self, ep: Endpoint) -> Back | None:
         back = self.parked

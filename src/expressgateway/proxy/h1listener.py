@@ -61,6 +61,7 @@ def worker_shared(wc: WorkerContext) -> tuple[Sweeper, Pool]:
             idle_timeout=pc.idle_timeout_ms / 1000,
             max_age=pc.max_age_ms / 1000,
             clock=loop.time,
+            park_max=pc.park_max,
         )
         sweeper.add(_PoolReaper(pool, loop))
         got = _shared[key] = (sweeper, pool)

@@ -27,6 +27,12 @@ _NEW = REGISTRY.counter("pool_connections_total", "Upstream connections opened."
 _EVICTED = REGISTRY.counter(
     "pool_evictions_total", "Idle upstream connections closed by the pool, by reason.", ("reason",)
 )
+_PARKED = REGISTRY.gauge(
+    "pool_parked_connections",
+    "Client connections holding a parking slot: each may keep one upstream HTTP/1.1 "
+    "connection between its requests (HTTP/2 and HTTP/3 clients: one slot per parked "
+    "connection); capped by pool.park_max.",
+)
 
 PeerKey = tuple[str, int, bool, str, bool, str]
 
@@ -56,11 +62,15 @@ class Pool:
         idle_timeout: float,
         max_age: float,
         clock: Callable[[], float],
+        park_max: int = 1024,
     ) -> None:
         self.per_peer_max = per_peer_max
         self.total_max = total_max
         self.idle_timeout = idle_timeout
         self.max_age = max_age
+        #: parking slots (see :meth:`take_park_slot`) in use, and their cap
+        self.park_max = park_max
+        self.parked = 0
         self.clock = clock
         self.idle: dict[PeerKey, list[Pooled]] = {}
         #: shared HTTP/2 connections per peer (multiplexed: never "idle" in a list)
@@ -142,6 +152,38 @@ class Pool:
                 _IDLE.dec()
                 conn.close()
             conns[:] = keep
+
+    def configure(
+        self,
+        *,
+        per_peer_max: int,
+        total_max: int,
+        idle_timeout: float,
+        max_age: float,
+        park_max: int,
+    ) -> None:
+        """A reload: new limits for what is kept from now on (connections
+        kept now stay until reaped or reused)."""
+        self.per_peer_max = per_peer_max
+        self.total_max = total_max
+        self.idle_timeout = idle_timeout
+        self.max_age = max_age
+        self.park_max = park_max
+
+    def take_park_slot(self) -> bool:
+        """May one more client connection keep an upstream connection parked
+        with it between its requests? A client connection takes a slot once
+        and gives it back (:meth:`give_park_slot`) when it closes, so the
+        request path pays nothing."""
+        if self.parked >= self.park_max:
+            return False
+        self.parked += 1
+        _PARKED.inc()
+        return True
+
+    def give_park_slot(self) -> None:
+        self.parked -= 1
+        _PARKED.dec()
 
     @staticmethod
     def count_new() -> None:
