@@ -116,6 +116,8 @@ class TcpRelay(asyncio.Protocol):
         self.up_bytes = _BYTES_UP.labels(ctx.name)
         self.down_bytes = _BYTES_DOWN.labels(ctx.name)
         self._task: asyncio.Task[None] | None = None
+        #: how long the backend took to accept: the latency L4 feeds to the balancer
+        self.connect_seconds = 0.0
         # bytes that arrive before the backend is connected (pause_reading in
         # connection_made is not honoured by uvloop nor by asyncio before 3.12)
         self._early = bytearray()
@@ -164,6 +166,7 @@ class TcpRelay(asyncio.Protocol):
             except OSError as exc:
                 reason = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
             if proto is not None:
+                self.connect_seconds = loop.time() - started
                 break
             _CONNECT_ERRORS.labels(ctx.name, reason).inc()
             log.warning(
@@ -241,7 +244,9 @@ class TcpRelay(asyncio.Protocol):
             self.admitted = False
             self.ctx.admission.release(self.ctx.name, self.peer_ip)
         if self.endpoint is not None:
-            self.ctx.balancer.on_finish(self.endpoint, 0.0, True)
+            # a relayed connection has no response time: its connect time
+            # is what latency-aware policies (ewma) compare
+            self.ctx.balancer.on_finish(self.endpoint, self.connect_seconds, True)
             self.endpoint = None
 
     def connection_lost(self, exc: Exception | None) -> None:
