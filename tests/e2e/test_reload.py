@@ -94,6 +94,35 @@ def test_sighup_swaps_the_pool_in_every_worker_and_a_bad_file_keeps_the_running_
             assert any('listeners[0].cluster = "nope"' in m for m in rejected), rejected
 
 
+def test_a_reload_drops_the_metric_series_of_removed_backends() -> None:
+    """Series labelled with a backend, cluster or route the new config no
+    longer has leave /metrics (in the workers and the supervisor); the kept
+    ones go on counting from where they were."""
+    port, admin = free_port(), free_port()
+    with backends("alpha", "beta") as (a, b):
+        two = clusters(a.address, b.address)
+        with gateway(
+            h1_config(admin, listener(port, "b"), workers=2, tail=two), admin_port=admin
+        ) as gw:
+            for _ in range(4):
+                assert served_by(port) == "beta"
+            assert gw.metric("backend_requests_total", backend=b.address) == 4
+            assert gw.metric("backend_request_duration_seconds_count", cluster="b") == 4
+            # cluster "b" goes away; the listener moves to "a"
+            one = (
+                f'\n[[clusters]]\nname = "a"\n[[clusters.backends]]\n'
+                f'address = "{a.address}"\nprotocol = "h1"\n'
+            )
+            rewrite(gw, h1_config(admin, listener(port, "a"), workers=2, tail=one))
+            status, _ = post_reload(admin)
+            assert status == 200
+            assert wait_for(lambda: served_by(port) == "alpha")
+            text = gw.metrics()
+            assert f'backend="{b.address}"' not in text
+            assert 'cluster="b"' not in text
+            assert gw.metric("backend_requests_total", backend=a.address) >= 1
+
+
 def test_post_reload_answers_what_happened_and_refuses_restart_only_changes() -> None:
     port, admin, other = free_port(), free_port(), free_port()
     with backends("alpha", "beta") as (a, b):

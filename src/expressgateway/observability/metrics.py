@@ -13,6 +13,7 @@ status classes, reasons from a fixed vocabulary; never raw paths or IPs.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_BUCKETS = (
@@ -201,6 +202,21 @@ class Registry:
     ) -> Histogram:
         result: Histogram = self._add(Histogram(name, help, labelnames, buckets))
         return result
+
+    def forget(self, label: str, keep: Callable[[str], bool]) -> int:
+        """Drop every series whose ``label`` value ``keep`` refuses (e.g. the
+        backends a reload removed), so that they leave the exposition instead
+        of lingering forever. Returns how many were dropped. A hot path that
+        still holds a dropped child keeps counting into it, unseen."""
+        dropped = 0
+        for family in self.families.values():
+            if label not in family.labelnames:
+                continue
+            i = family.labelnames.index(label)
+            for key in [k for k in family.children if k[i] != _OVERFLOW and not keep(k[i])]:
+                del family.children[key]
+                dropped += 1
+        return dropped
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able picture of every family, for the supervisor to merge."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from expressgateway.config import Config
 from expressgateway.config.schema import section_specs
+from expressgateway.observability.metrics import REGISTRY, Registry
 
 
 def restart_required(old: Config, new: Config) -> list[str]:
@@ -50,6 +51,31 @@ def _walk(old: Any, new: Any, path: str, inherited: str, found: list[str]) -> No
                 _walk(x, y, f"{key}[{i}]", reload, found)
         else:
             _walk(a, b, key, reload, found)
+
+
+def prune_series(cfg: Config, registry: Registry = REGISTRY) -> int:
+    """After a reload: drop the metric series of backends, clusters and
+    routes the new config no longer has (they would otherwise be exported,
+    frozen, forever). A host-named backend keeps the series of the
+    addresses it resolves to (``host/addr:port``). Returns how many went."""
+    from expressgateway.upstream.cluster import endpoint_of
+
+    backends = [b for c in cfg.clusters for b in c.backends]
+    backends += [b for lc in cfg.listeners for b in lc.backends]
+    origins = {endpoint_of(b).origin for b in backends}
+
+    def backend_kept(value: str) -> bool:
+        if value in origins or not value:
+            return True
+        host, slash, rest = value.partition("/")
+        return bool(slash) and f"{host}:{rest.rpartition(':')[2]}" in origins
+
+    clusters = {c.name for c in cfg.clusters} | {lc.name for lc in cfg.listeners}
+    routes = {""} | {r.name for lc in cfg.listeners for r in lc.routes if r.name}
+    dropped = registry.forget("backend", backend_kept)
+    dropped += registry.forget("cluster", clusters.__contains__)
+    dropped += registry.forget("route", routes.__contains__)
+    return dropped
 
 
 #: keys whose values are secrets (shown as "<redacted>" by /config)

@@ -31,7 +31,7 @@ from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import is_served, is_udp
 from expressgateway.runtime.preflight import preflight
 from expressgateway.runtime.protocols import BUILDERS  # noqa: F401  (registers every protocol)
-from expressgateway.runtime.reload import redacted, restart_required
+from expressgateway.runtime.reload import prune_series, redacted, restart_required
 from expressgateway.runtime.tickets import TicketRotation
 from expressgateway.upstream.health import HealthChecker
 
@@ -364,6 +364,7 @@ class Supervisor:
             self.health = None
         self.verdicts.clear()
         self._start_health()
+        prune_series(new)
         _RELOADS.labels("applied").inc()
         log.info("configuration reloaded", extra={"path": path, "trigger": trigger})
         return {"result": "applied", "problems": []}

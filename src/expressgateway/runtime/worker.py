@@ -27,6 +27,7 @@ from expressgateway.runtime import loop as loops
 from expressgateway.runtime.control import ControlChannel
 from expressgateway.runtime.listeners import Running, WorkerContext, is_served
 from expressgateway.runtime.protocols import BUILDERS
+from expressgateway.runtime.reload import prune_series
 from expressgateway.upstream import cluster as cluster_mod
 from expressgateway.upstream.cluster import Clusters
 
@@ -171,6 +172,7 @@ class Worker:
         clusters.start_dns()
         if old is not None:
             old.stop_dns()
+        prune_series(cfg)
         self.config = cfg
         log.info("configuration applied", extra={"listeners": len(self.running)})
 

@@ -92,6 +92,17 @@ class ClusterResolver:
         if changed:
             self._rebuild()
 
+    def _forget_gone(self, gone: set[str]) -> None:
+        """Addresses no longer in any answer take their metric series along
+        (unless another cluster of this worker still has them)."""
+        from expressgateway.upstream import cluster as cluster_mod
+
+        current = cluster_mod.CURRENT
+        if current is not None:
+            gone -= {ep.name for c in current.by_name.values() for ep in c.endpoints}
+        if gone:
+            REGISTRY.forget("backend", lambda value: value not in gone)
+
     def _rebuild(self) -> None:
         cluster = self.cluster
         current = {ep.name: ep for ep in cluster.endpoints}
@@ -132,6 +143,7 @@ class ClusterResolver:
                 cluster.show_up(ep)
         cluster.endpoints = endpoints
         cluster.balancer.set_endpoints(endpoints)  # type: ignore[attr-defined]
+        self._forget_gone(set(current) - {ep.name for ep in endpoints})
         log.info(
             "backend addresses updated",
             extra={"cluster": cluster.name, "endpoints": [ep.name for ep in endpoints]},

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from expressgateway.config.model import BackendConfig, ClusterConfig
+from expressgateway.proxy.context import BACKEND_REQUESTS
 from expressgateway.upstream import dns
 from expressgateway.upstream.cluster import Cluster
 
@@ -56,6 +57,27 @@ def test_each_address_becomes_an_endpoint_keeping_the_name_for_tls_and_health(
     ]
     assert cluster.endpoints[1] is kept
     assert cluster.endpoints[2].healthy is False  # inherits the name's verdict
+
+
+def test_an_address_that_leaves_takes_its_metric_series_along(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = {"pay.internal": ["10.1.0.1", "10.1.0.2"]}
+
+    async def fake(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    monkeypatch.setattr(dns, "resolve", fake)
+    cluster = cluster_of("pay.internal:8443")
+    resolver = dns.ClusterResolver(cluster, 30.0)
+    asyncio.run(resolver.refresh())
+    family = BACKEND_REQUESTS
+    for ep in cluster.endpoints:
+        family.labels("web", ep.name, "2xx").inc()
+    answers["pay.internal"] = ["10.1.0.2"]
+    asyncio.run(resolver.refresh())
+    shown = {key[1] for key in family.children if key[1].startswith("pay.internal/")}
+    assert shown == {"pay.internal/10.1.0.2:8443"}
 
 
 def test_a_failed_lookup_keeps_the_last_answer(monkeypatch: pytest.MonkeyPatch) -> None:
