@@ -142,24 +142,42 @@ def _insert(name: bytes, value: bytes) -> bytes:
     return b"\x40" + bytes([len(name)]) + name + bytes([len(value)]) + value
 
 
-def test_a_repeated_indexed_block_follows_the_table() -> None:
-    """The same octets of an all-indexed block decode to other fields once
-    the dynamic table has changed (the decoder remembers repeats only while
-    the table stays as it was)."""
+# table after this block: 62 x-a: 1, 63 :authority example.com
+_FILL = _PSEUDO + b"\x41\x0bexample.com" + _insert(b"x-a", b"1")
+# GET https, :path /1k as a literal without indexing (as nghttp2 sends it),
+# then 63 (:authority) and 62 (x-a)
+_REPEAT = b"\x82\x87\x04\x03/1k\xbf\xbe"
+
+
+@pytest.mark.parametrize("block", [_REPEAT, _PSEUDO + b"\xbf\xbe"])
+def test_a_repeated_block_follows_the_table(block: bytes) -> None:
+    """The same octets of a block that leaves the table as it was decode to
+    other fields once the dynamic table has changed (the decoder
+    remembers repeats only while the table stays as it was)."""
     raw = RawClient()
     codec = server()
-    # table after this block: 62 x-a: 1, 63 :authority example.com
-    first = _PSEUDO + b"\x41\x0bexample.com" + _insert(b"x-a", b"1")
-    codec.feed(raw.raw_headers(1, first), 1.0)
-    repeat = _PSEUDO + b"\xbf\xbe"  # :authority example.com, x-a: 1
+    codec.feed(raw.raw_headers(1, _FILL), 1.0)
     for sid in (3, 5):
-        head = only_head(codec.feed(raw.raw_headers(sid, repeat), 1.0))
+        head = only_head(codec.feed(raw.raw_headers(sid, block), 1.0))
         assert (head.authority, head.headers) == (b"example.com", [(b"x-a", b"1")])
     # a new entry shifts the indices: 62 x-b: 2, 63 x-a: 1, 64 :authority
     codec.feed(raw.raw_headers(7, _PSEUDO + b"\xbf" + _insert(b"x-b", b"2")), 1.0)
-    out = codec.feed(raw.raw_headers(9, repeat), 1.0)
+    out = codec.feed(raw.raw_headers(9, block), 1.0)
     assert isinstance(out[0][1], StreamRejected)  # no authority any more
     assert out[0][1].error.reason == "bad_host"
+
+
+def test_a_repeated_block_after_the_table_was_emptied() -> None:
+    """Size updates to 0 and back (§4.2) empty the table without adding to
+    it: a repeat that pointed into it is now a decoding error."""
+    raw = RawClient()
+    codec = server()
+    codec.feed(raw.raw_headers(1, _FILL), 1.0)
+    only_head(codec.feed(raw.raw_headers(3, _REPEAT), 1.0))
+    codec.feed(raw.raw_headers(5, b"\x20\x3f\xe1\x1f" + _PSEUDO + authority()), 1.0)
+    with pytest.raises(H2ConnectionError) as info:
+        codec.feed(raw.raw_headers(7, _REPEAT), 1.0)
+    assert info.value.code == COMPRESSION_ERROR
 
 
 def test_repeated_response_heads_stay_right_as_the_table_changes() -> None:

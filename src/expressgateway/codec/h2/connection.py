@@ -43,6 +43,7 @@ from h2.exceptions import (
 from h2.settings import SettingCodes, Settings
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hpack.table import HeaderTable
 from hyperframe.frame import GoAwayFrame
 
 from expressgateway.core.events import (
@@ -73,10 +74,31 @@ _first = itemgetter(0)
 _MAX_STREAM_ID = 2**31 - 1
 _DRIBBLE = 1024
 _SHUTDOWN_PING = b"eg-drain"
-#: the one-octet indexed field representations (RFC 7541 §6.1: index 1-126)
-_INDEXED_OCTETS = bytes(range(0x81, 0xFF))
-#: memo entries kept at most (a table holds about 128 entries at 4 KiB)
-_MEMO_MAX = 256
+#: HPACK memo entries kept at most per connection and direction, and the
+#: largest header block the decoder remembers
+_MEMO_MAX = 64
+_MEMO_BLOCK = 512
+
+
+class _CountingTable(HeaderTable):
+    """hpack's header table, counting additions and evictions (a size
+    update to 0 empties it without either: :meth:`state` has the length
+    too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes = 0
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.changes += 1
+        super().add(name, value)
+
+    def _shrink(self) -> None:
+        self.changes += 1
+        super()._shrink()
+
+    def state(self) -> tuple[int, int]:
+        return self.changes, len(self.dynamic_entries)
 
 
 class _HPACKDecoder(Decoder):
@@ -91,29 +113,33 @@ class _HPACKDecoder(Decoder):
       expects DATA after a 304 that declares a length (when the stream ends
       with an empty DATA frame). The codecs track lengths per stream.
 
-    Decoded blocks that are nothing but one-octet indexed fields (a client
-    repeating a request) leave the dynamic table as it was, so their result
-    is remembered until a block that may change the table comes; a repeat
+    A block whose decoding left the dynamic table as it was (indexed fields
+    and literals without indexing: a client repeating a request) is
+    remembered with its fields until a block changes the table; a repeat
     is then one dict lookup instead of a decode.
     """
 
     def __init__(self, max_header_list_size: int) -> None:
         super().__init__(max_header_list_size=max_header_list_size)
+        self.header_table = self._table = _CountingTable()
         self._memo: dict[bytes, list[HeaderTuple]] = {}
 
     def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
         memo = self._memo
-        if data.translate(None, _INDEXED_OCTETS) or not raw:
-            if memo:
-                memo.clear()
-            return self._decode(data, raw)
         headers = memo.get(data)
-        if headers is None:
-            headers = self._decode(data, raw)
+        if headers is not None and raw:
+            return list(headers)
+        table = self._table
+        before = table.state()
+        headers = self._decode(data, raw)
+        if table.state() != before:
+            memo.clear()
+        elif raw and len(data) <= _MEMO_BLOCK:
             if len(memo) >= _MEMO_MAX:
                 memo.clear()
             memo[data] = headers
-        return list(headers)
+            return list(headers)
+        return headers
 
     def _decode(self, data: bytes, raw: bool) -> list[HeaderTuple]:
         try:
