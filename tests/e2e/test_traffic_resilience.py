@@ -338,6 +338,35 @@ def test_a_post_with_a_body_is_replayed_after_a_connect_failure() -> None:
     assert retried >= 3  # round robin: every other request met the dead backend first
 
 
+def test_a_post_whose_body_comes_later_is_retried_after_a_connect_failure() -> None:
+    """The head arrives alone, the body 0.3 s later: a failed connect has
+    sent nothing, so the request goes to the next backend, which gets the
+    whole body (the client is not read while the gateway connects)."""
+    admin, port = free_port(), free_port()
+    body = b"q" * 20000
+    with backends("live") as (live,):
+        dead = f"127.0.0.1:{free_port()}"
+        text = h1_config(admin, web(port, "pool"), tail=cluster("pool", [dead, live.address]))
+        with gateway(text, admin_port=admin) as gw:
+            answers = []
+            for _ in range(6):
+                head = (
+                    f"POST /upload HTTP/1.1\r\nHost: localhost\r\n"
+                    f"content-length: {len(body)}\r\n\r\n"
+                ).encode()
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(head)
+                    time.sleep(0.3)
+                    s.sendall(body)
+                    r = ResponseReader(b"POST").read(s)
+                seen = json.loads(r.body)["body"] if r.status == 200 else r.body[:200]
+                answers.append((r.status, r.header("x-backend"), seen))
+            retried = gw.metric("upstream_retries_total", listener="web")
+    for status, name, seen in answers:
+        assert (status, name, seen) == (200, "live", len(body)), answers
+    assert retried >= 3
+
+
 def test_per_try_timeout_retries_a_slow_backend_on_the_other() -> None:
     admin, port = free_port(), free_port()
     retry = "\n[clusters.retry]\nper_try_timeout_ms = 300\n"  # retry_on left at its default

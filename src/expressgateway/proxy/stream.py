@@ -208,14 +208,14 @@ class Stream:
         if not self.fresh_connection:
             back = self.front.take_parked(ep)
             if back is not None:
-                self._attach(back)
+                self._attach_now(back)
                 return
         from expressgateway.proxy.connectors import connector_for
 
         connector = connector_for(ep)
         back = None if self.fresh_connection else connector.take(self.ctx, ep)
         if back is not None:
-            self._attach(back)
+            self._attach_now(back)
             return
         if cluster.connections_full():
             cluster.count_overflow("max_connections")
@@ -260,6 +260,13 @@ class Stream:
         self._attach(back)
         self.front.resume_request()
         self.flush()
+
+    def _attach_now(self, back: Back) -> None:
+        """A back that needs no connect (parked, pooled, multiplexed)."""
+        self._attach(back)
+        if self.retried:
+            # an earlier try paused the client while it connected
+            self.front.resume_request()
 
     def _attach(self, back: Back) -> None:
         self.back = back
@@ -433,7 +440,14 @@ class Stream:
 
     def _may_retry(self, kind: str | None, reused: bool) -> bool:
         """May the request go out again (the response has not started)?"""
-        if self.replay is None or not self.request_done or self.closed:
+        if self.closed:
+            return False
+        # The body still arriving (or too big to keep): only a try that never
+        # reached a backend may go again. What arrived waits in ``pending``
+        # (the client is not read while connecting); the rest follows.
+        if (self.replay is None or not self.request_done) and (
+            kind != "connect_failure" or self.pending is None
+        ):
             return False
         if reused and not self.retried:
             # a stale keep-alive connection (or a stream the peer refused):
@@ -462,11 +476,13 @@ class Stream:
             cluster.retries += 1
         self.retried = True
         self.endpoint = None
-        self.pending = []
-        if not self.head.end_stream:
-            for piece in self.replay or ():
-                self.pending.append((piece, False))
-            self.pending.append((b"", True))
+        if self.pending is None:
+            # the last try sent the request: send it again from the replay copy
+            self.pending = []
+            if not self.head.end_stream:
+                for piece in self.replay or ():
+                    self.pending.append((piece, False))
+                self.pending.append((b"", True))
         new_ep = self._pick() if cluster is not None else None
         if new_ep is None:
             self.fail(ProxyError("no_backend", status=503))
