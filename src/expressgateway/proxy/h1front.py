@@ -260,7 +260,10 @@ class H1Front(asyncio.Protocol):
         request_started(self, ctx, now, head.end_stream)
         stream = Stream(ctx, self, head, self.peer_ip, "h1")
         self.stream = stream
-        problem = self._check(head)
+        # the checks every front applies (421, gRPC needs HTTP/2)
+        problem = sni_mismatch(head, self.sni) if self.sni is not None else None
+        if problem is None and is_grpc(head):
+            problem = DownstreamError("grpc_over_http1", status=415)
         if problem is not None:
             stream.fail(problem)
             return
@@ -288,15 +291,6 @@ class H1Front(asyncio.Protocol):
                 head, self.peer_ip, ctx.scheme, x_forwarded=http.x_forwarded, via=http.via
             )
         )
-
-    def _check(self, head: RequestHead) -> ProxyError | None:
-        problem = sni_mismatch(head, self.sni)
-        if problem is not None:
-            return problem
-        if is_grpc(head):
-            # gRPC needs trailers and HTTP/2 framing end to end.
-            return DownstreamError("grpc_over_http1", status=415)
-        return None
 
     def _bad_request(self, err: DownstreamError) -> None:
         """Bad input: answer with the error's status and close."""

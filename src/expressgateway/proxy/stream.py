@@ -133,7 +133,7 @@ class Stream:
         """Route the request and send ``up_head`` (the request as the
         backend should see it, before the route's edits)."""
         router = self.ctx.router
-        route = router.match(self.head)
+        route = router.match(self.head) if router.routes else router.default
         if route is None:
             # routes, none matching and no default pool: 404; no pool at all: 503
             if router.routes:
@@ -169,6 +169,9 @@ class Stream:
 
     def _pick(self) -> Endpoint | None:
         assert self.cluster is not None
+        balancer = self.cluster.balancer
+        if not self.failed and not balancer.needs_context:
+            return balancer.select(None)  # round robin, least request...: no keys
         pick = PickContext(
             self.peer_ip, self.head.path, self._header, self._cookie, tuple(self.failed)
         )

@@ -44,6 +44,9 @@ class Balancer:
 
     #: percent of healthy endpoints under which all endpoints are used
     panic_threshold = 50
+    #: whether ``select`` reads the request (hash keys, affinity): when not,
+    #: a caller with nothing to exclude may pass ``None`` and skip building one
+    needs_context = False
 
     def __init__(self, endpoints: Sequence[Endpoint]) -> None:
         self.endpoints: list[Endpoint] = list(endpoints)

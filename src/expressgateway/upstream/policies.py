@@ -570,6 +570,8 @@ class _Hashing(Policy):
     """A consistent hash of ``hash_key`` (default: the client address);
     a pick without the key is a weighted random one."""
 
+    needs_context = True
+
     def __init__(
         self,
         endpoints: Sequence[Endpoint],
@@ -767,6 +769,8 @@ class Affinity(Balancer):
     endpoints; without one, ``inner`` picks. An unhealthy sticky endpoint is
     replaced (and, for cookies, a new cookie set). Load feedback goes to
     ``inner``."""
+
+    needs_context = True
 
     def __init__(self, inner: Policy, mode: str, name: str | None = None) -> None:
         if mode not in AFFINITY_MODES:
