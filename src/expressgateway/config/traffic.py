@@ -31,7 +31,7 @@ Policy = Literal[
     "maglev",
 ]
 AffinityMode = Literal["cookie", "header", "source_ip"]
-HealthKind = Literal["tcp", "http", "https", "h2", "grpc"]
+HealthKind = Literal["tcp", "http", "https", "h2", "h3", "grpc"]
 RetryOn = Literal["connect_failure", "refused_stream", "reset", "status"]
 
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -168,10 +168,11 @@ class HealthCheckConfig:
 
     kind: HealthKind = setting(
         "`tcp` (connect), `http`/`https` (GET `path`), `h2` (GET `path` over h2c, or h2 "
-        "over TLS for `tls = true` backends), `grpc` (`grpc.health.v1.Health/Check`).",
+        "over TLS for `tls = true` backends), `h3` (GET `path` over HTTP/3, for `h3` "
+        "backends), `grpc` (`grpc.health.v1.Health/Check`).",
         default="http",
     )
-    path: str = setting("Request path for http/https/h2.", default="/", check=PATH)
+    path: str = setting("Request path for http/https/h2/h3.", default="/", check=PATH)
     host: str | None = setting(
         "Host header / :authority sent; unset: the backend address.",
         default=None,

@@ -40,13 +40,20 @@ import ssl
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import httptools
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3Connection
+from aioquic.h3.events import DataReceived as H3DataReceived
+from aioquic.h3.events import HeadersReceived as H3HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
 
 from expressgateway import __version__
 from expressgateway.config.model import BackendConfig, ClusterConfig
@@ -352,6 +359,96 @@ async def probe_h2(b: BackendConfig, hc: HealthCheckConfig) -> None:
         raise ProbeFailed("body mismatch")
 
 
+class _H3Probe(QuicConnectionProtocol):
+    """The client side of one HTTP/3 check: aioquic's QUIC connection with an
+    H3 layer; ``response`` resolves with (status, body) or fails."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.h3 = H3Connection(self._quic)
+        self.status = 0
+        self.body = bytearray()
+        self.response: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.enough: Callable[[int, bytes], bool] = lambda status, body: False
+        #: why the connection closed before a response ended, if it did
+        self.failure = ""
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.failure = f"code {event.error_code}: {event.reason_phrase or 'no reason'}"
+            if not self.response.done():
+                self.response.set_result(None)
+            return
+        for ev in self.h3.handle_event(event):
+            if self.response.done():
+                return
+            if isinstance(ev, H3HeadersReceived):
+                for name, value in ev.headers:
+                    if name == b":status":
+                        self.status = int(value)
+            elif isinstance(ev, H3DataReceived) and len(self.body) < BODY_LIMIT:
+                self.body += ev.data[: BODY_LIMIT - len(self.body)]
+            if getattr(ev, "stream_ended", False) or (
+                self.status and self.enough(self.status, bytes(self.body))
+            ):
+                self.response.set_result(None)
+
+
+async def probe_h3(b: BackendConfig, hc: HealthCheckConfig) -> None:
+    """HTTP/3 ``GET path`` on a new QUIC connection, verified like the
+    ``h3`` backend itself (``tls_ca_path``, ``tls_verify_hostname``,
+    ``tls_verify_peer``)."""
+    conf = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=["h3"],
+        server_name=b.tls_verify_hostname or b.host,
+    )
+    if b.tls_verify_peer:
+        conf.verify_mode = ssl.CERT_REQUIRED
+        if b.tls_ca_path:  # else aioquic's default bundle (certifi)
+            conf.load_verify_locations(cafile=b.tls_ca_path)
+    else:
+        conf.verify_mode = ssl.CERT_NONE
+    needle = hc.body_contains.encode() if hc.body_contains is not None else None
+    lo, hi = status_range(hc.expected_status)
+    made: list[_H3Probe] = []
+
+    def factory(*args: Any, **kwargs: Any) -> _H3Probe:
+        made.append(_H3Probe(*args, **kwargs))
+        return made[-1]
+
+    try:
+        async with quic_connect(
+            b.host, b.port, configuration=conf, create_protocol=factory
+        ) as client:
+            probe = cast(_H3Probe, client)
+            probe.enough = lambda status, body: (
+                not lo <= status <= hi or needle is None or needle in body
+            )
+            sid = probe._quic.get_next_available_stream_id()
+            probe.h3.send_headers(
+                sid,
+                [
+                    (b":method", b"GET"),
+                    (b":scheme", b"https"),
+                    (b":authority", _authority(b, hc).encode()),
+                    (b":path", hc.path.encode()),
+                    (b"user-agent", USER_AGENT.encode()),
+                ],
+                end_stream=True,
+            )
+            probe.transmit()
+            await probe.response
+    except ConnectionError as exc:  # the handshake failed (aioquic raises this)
+        why = made[0].failure if made and made[0].failure else str(exc) or "closed"
+        raise ProbeFailed(f"quic handshake failed ({why})") from exc
+    if not probe.status:
+        raise ProbeFailed(f"quic closed before a response ({probe.failure})")
+    _check_status(probe.status, hc)
+    if needle is not None and needle not in probe.body:
+        raise ProbeFailed("body mismatch")
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -449,6 +546,8 @@ async def run_probe(b: BackendConfig, hc: HealthCheckConfig) -> str | None:
                 await probe_http(b, hc, tls=hc.kind == "https")
             elif hc.kind == "h2":
                 await probe_h2(b, hc)
+            elif hc.kind == "h3":
+                await probe_h3(b, hc)
             else:
                 await probe_grpc(b, hc)
     except ProbeFailed as exc:

@@ -32,6 +32,7 @@ from expressgateway.upstream.health import (
     grpc_serving_status,
     run_probe,
 )
+from tests.support.h3origin import h3_origin
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -374,6 +375,32 @@ def test_h2_over_tls_needs_alpn_h2(
 
 
 # -- grpc --------------------------------------------------------------------------------------
+
+
+def test_h3_passes_and_checks_status_and_body(tls_files: dict[str, str]) -> None:
+    """HTTP/3 GET against the test HTTP/3 origin (aioquic, its own process),
+    verified with the backend's CA."""
+    with h3_origin(tls_files) as port:
+        b = backend(port, tls_ca_path=tls_files["ca"], tls_verify_hostname="localhost")
+        assert probe(b, check("h3", timeout_ms=3000)) is None
+        assert probe(b, check("h3", timeout_ms=3000, body_contains="hello")) is None
+        assert probe(b, check("h3", timeout_ms=3000, body_contains="nope")) == "body mismatch"
+        assert probe(b, check("h3", path="/status/503", timeout_ms=3000)) == "status 503"
+        # a certificate the backend's CA did not sign: the handshake fails
+        other = trustme.CA()
+        with contextlib.ExitStack() as stack:
+            ca_file = stack.enter_context(other.cert_pem.tempfile())
+            untrusted = backend(port, tls_ca_path=ca_file, tls_verify_hostname="localhost")
+            reason = probe(untrusted, check("h3", timeout_ms=3000))
+        assert reason is not None and reason.startswith("quic handshake failed ("), reason
+        assert "issuer" in reason, reason
+
+
+def test_h3_fails_when_nothing_answers() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))  # bound, silent: the handshake never completes
+        b = backend(int(s.getsockname()[1]), tls_verify_peer=False)
+        assert probe(b, check("h3", timeout_ms=300)) == "timeout"
 
 
 def test_grpc_message_encoding() -> None:
