@@ -528,6 +528,48 @@ def test_l4_tcp_connections_keep_succeeding_while_a_backend_is_dead() -> None:
     assert connect_errors >= 1
 
 
+def test_l4_circuit_breaker_caps_the_connections_relayed_at_once() -> None:
+    """On a `tcp` listener a relayed connection is one request in flight:
+    with max_requests = 2 a third concurrent client is closed at once
+    (counted), and gets through once one of the two has left."""
+    admin, port = free_port(), free_port()
+    breaker = "\n[clusters.circuit_breaker]\nmax_requests = 2\n"
+    with echo_process("a") as (a, _):
+        tail = cluster("echo", [f"127.0.0.1:{a}"], protocol="tcp", extra=breaker)
+        text = h1_config(admin, web(port, "echo", name="tcp", protocol="tcp"), tail=tail)
+        with gateway(text, admin_port=admin) as gw:
+            held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+            try:
+                for s in held:
+                    assert recv_line(s) == b"a"
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+                    third.settimeout(5)
+                    with pytest.raises((ConnectionError, OSError)):
+                        recv_line(third)  # closed without a byte from the backend
+                overflows = gw.metric(
+                    "circuit_breaker_overflows_total", cluster="echo", limit="max_requests"
+                )
+                refused = gw.metric(
+                    "backend_connect_errors_total", listener="tcp", reason="circuit_open"
+                )
+            finally:
+                held.pop().close()
+            # one slot is free again
+            assert poll(lambda: _echo_name(port) == b"a")
+            held[0].close()
+    assert overflows == 1
+    assert refused == 1
+
+
+def _echo_name(port: int) -> bytes | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(5)
+            return recv_line(s)
+    except OSError:
+        return None
+
+
 def test_circuit_breaker_max_connections_still_lets_requests_reuse_idle_connections() -> None:
     """``max_connections`` bounds the upstream connections open: a request
     over it while both are busy is refused, but once they are idle in the

@@ -118,6 +118,11 @@ class TcpRelay(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         #: how long the backend took to accept: the latency L4 feeds to the balancer
         self.connect_seconds = 0.0
+        #: the cluster whose in-flight requests count this connection (the
+        #: breaker's max_requests); a reload may give the listener another
+        self.in_cluster: Cluster | None = None
+        #: the endpoint whose open-connection count includes our backend socket
+        self.connected_ep: Endpoint | None = None
         # bytes that arrive before the backend is connected (pause_reading in
         # connection_made is not honoured by uvloop nor by asyncio before 3.12)
         self._early = bytearray()
@@ -140,6 +145,18 @@ class TcpRelay(asyncio.Protocol):
         ctx = self.ctx
         loop = asyncio.get_running_loop()
         cluster = ctx.cluster
+        if cluster is not None:
+            # circuit breaker: a relayed connection is one request in flight
+            limit = cluster.overflow()
+            if limit is None and cluster.connections_full():
+                limit = "max_connections"
+            if limit is not None:
+                cluster.count_overflow(limit)
+                _CONNECT_ERRORS.labels(ctx.name, "circuit_open").inc()
+                self._abort_all()
+                return
+            cluster.requests += 1
+            self.in_cluster = cluster
         # a failed connect moves on to another backend, up to the cluster's retries
         tries = 1 + (cluster.retry.max_retries if cluster is not None else 0)
         pick = PickContext(source_ip=self.peer_ip)
@@ -156,6 +173,8 @@ class TcpRelay(asyncio.Protocol):
             ctx.balancer.on_start(ep)
             started = loop.time()
             reason = ""
+            if cluster is not None:
+                cluster.pending += 1
             try:
                 _, proto = await asyncio.wait_for(
                     loop.create_connection(lambda: _BackendSide(self), ep.host, ep.port),
@@ -165,8 +184,13 @@ class TcpRelay(asyncio.Protocol):
                 reason = "timeout"
             except OSError as exc:
                 reason = "refused" if isinstance(exc, ConnectionRefusedError) else "error"
+            finally:
+                if cluster is not None:
+                    cluster.pending -= 1
             if proto is not None:
                 self.connect_seconds = loop.time() - started
+                ep.connections += 1
+                self.connected_ep = ep
                 break
             _CONNECT_ERRORS.labels(ctx.name, reason).inc()
             log.warning(
@@ -248,6 +272,12 @@ class TcpRelay(asyncio.Protocol):
             # is what latency-aware policies (ewma) compare
             self.ctx.balancer.on_finish(self.endpoint, self.connect_seconds, True)
             self.endpoint = None
+        if self.connected_ep is not None:
+            self.connected_ep.connections -= 1
+            self.connected_ep = None
+        if self.in_cluster is not None:
+            self.in_cluster.requests -= 1
+            self.in_cluster = None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed and not self.admitted:
