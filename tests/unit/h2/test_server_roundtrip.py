@@ -121,6 +121,20 @@ def test_single_cookie_is_kept_as_is() -> None:
     assert only_head(out).headers == [(b"cookie", b"a=1")]
 
 
+def test_a_repeated_request_gets_its_own_head() -> None:
+    """Heads of repeated requests are remembered: each stream still gets
+    its own object, with its own field list and END_STREAM."""
+    pair = ServerPair()
+    fields = [*BASIC, (b"grpc-timeout", b"5S")]
+    first = only_head(pair.request(fields)[1])
+    first.headers[0] = (b"grpc-timeout", b"1S")  # as the gRPC deadline clamp does
+    second = only_head(pair.request(fields)[1])
+    assert second is not first
+    assert second.headers == [(b"grpc-timeout", b"5S")]
+    third = only_head(pair.request(fields, b"x")[1])
+    assert (second.end_stream, third.end_stream) == (True, False)
+
+
 def test_host_alone_gives_the_authority() -> None:
     pair = ServerPair()
     _, out = pair.request(

@@ -128,7 +128,7 @@ class _HPACKDecoder(Decoder):
         memo = self._memo
         headers = memo.get(data)
         if headers is not None and raw:
-            return list(headers)
+            return headers  # h2 only reads it (and copies it into its event)
         table = self._table
         before = table.state()
         headers = self._decode(data, raw)
@@ -138,7 +138,6 @@ class _HPACKDecoder(Decoder):
             if len(memo) >= _MEMO_MAX:
                 memo.clear()
             memo[data] = headers
-            return list(headers)
         return headers
 
     def _decode(self, data: bytes, raw: bool) -> list[HeaderTuple]:

@@ -94,6 +94,8 @@ _SPLITTERS = b"\r\n\x00"
 _GOOD_NAMES: set[bytes] = {b"cookie"}
 _GOOD_METHODS: set[bytes] = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
 _CACHE_MAX = 4096
+#: request heads remembered per server codec (see RequestValidator)
+_HEAD_MEMO_MAX = 16
 
 
 class StreamError(Exception):
@@ -165,9 +167,15 @@ def _content_length(value: bytes, previous: int | None) -> int:
 
 class RequestValidator:
     """Turns a request header block from h2 into a :class:`RequestHead`
-    (raising :class:`StreamError`). One per server codec."""
+    (raising :class:`StreamError`). One per server codec.
+
+    The heads of the last few distinct accepted blocks are remembered (by
+    their fields and END_STREAM): a client that repeats a request gets a
+    copy instead of a second check. The answer depends on nothing else
+    (the limits are fixed per codec)."""
 
     __slots__ = (
+        "_memo",
         "connect_protocol",
         "max_body",
         "max_headers",
@@ -197,8 +205,29 @@ class RequestValidator:
         self.underscore = underscore_policy
         self.connect_protocol = enable_connect_protocol
         self.protocols = connect_protocols
+        self._memo: dict[tuple[tuple[HeaderTuple, ...], bool], RequestHead] = {}
 
     def request(self, headers: list[HeaderTuple], end_stream: bool) -> RequestHead:
+        key = (tuple(headers), end_stream)
+        memo = self._memo
+        head = memo.get(key)
+        if head is None:
+            head = self._request(headers, end_stream)
+            if len(memo) >= _HEAD_MEMO_MAX:
+                memo.clear()
+            memo[key] = head
+        return RequestHead(
+            head.method,
+            head.scheme,
+            head.authority,
+            head.path,
+            list(head.headers),
+            end_stream,
+            head.protocol,
+            head.content_length,
+        )
+
+    def _request(self, headers: list[HeaderTuple], end_stream: bool) -> RequestHead:
         method = scheme = authority = path = protocol = None
         i = 0
         for name, value in headers:
