@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from expressgateway.codec.h2.errors import H2ConnectionError
 from expressgateway.codec.h2.server import H2ServerCodec
+from expressgateway.io.cork import cork
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.muxfront import MuxFront, MuxStreamFront
 
@@ -60,8 +61,9 @@ class H2Front(MuxFront, asyncio.Protocol):
         self.deadline = math.inf
         self.closed = False
         self.draining = False
-        #: a write is scheduled for the end of this event-loop turn
-        self.flush_pending = False
+        #: a write is deferred to the end of this loop iteration (io/cork.py)
+        self.corked = False
+        self._cork = cork()
         self.preface = preface
         http = ctx.listener.http
         sec = ctx.listener.h2_security
@@ -133,20 +135,19 @@ class H2Front(MuxFront, asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
-            self.transmit()
+            self.flush_now()
             self.transport.close()
 
     def flush(self) -> None:
         """Write what the codec has queued at the end of this event-loop
-        turn: the responses of every backend read in the turn (and the
-        frames h2 queued meanwhile) leave in one TLS record and one send,
-        not one per response."""
-        if not self.flush_pending and self.transport is not None:
-            self.flush_pending = True
-            self.loop.call_soon(self.transmit)
+        iteration (:mod:`expressgateway.io.cork`): the responses of every
+        backend read in the iteration (and the frames h2 queued meanwhile)
+        leave in one TLS record and one send, not one per response."""
+        if not self.corked and self.transport is not None:
+            self._cork.defer(self)
 
-    def transmit(self) -> None:
-        self.flush_pending = False
+    def flush_now(self) -> None:
+        self.corked = False
         data = self.codec.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
