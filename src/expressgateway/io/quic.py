@@ -19,16 +19,28 @@ client's address stays the same. A client that migrates (a new address or
 port, e.g. NAT rebinding) may hash to another worker, which does not know
 its connection IDs: its packets are dropped there and the client's
 connection times out, then it reconnects (see docs/operations.md).
+
+Sending: connections that have something to send register with the
+endpoint (:meth:`QuicEndpoint.want_transmit`); one callback at the end of
+the event-loop iteration builds every one's packets, so the datagrams of a
+whole batch of reads leave together. A connection's consecutive datagrams of
+one size (and a shorter last one) go out in one ``sendmsg`` with UDP GSO
+(``UDP_SEGMENT``, Linux): one syscall and one trip down the stack instead
+of one per datagram. Without GSO (another OS, or the kernel refuses it)
+each datagram is its own ``sendto``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import logging
 import os
+import socket
 import struct
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -57,6 +69,16 @@ RETRY_TOKEN_LIFETIME = 10.0
 _MIN_INITIAL = 1200
 _MAC_LEN = 16
 _TOKEN_HEAD = struct.Struct("!dB")
+#: short header (RFC 9000 §17.3): the first bit clear, the DCID right after
+_LONG_HEADER = 0x80
+
+#: UDP generic segmentation offload (linux/udp.h); not in Python's socket module
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+#: datagrams per GSO send (the kernel takes up to 64, and 64 KiB in all)
+GSO_MAX_SEGMENTS = 32
+#: errors that say "no GSO here" (as opposed to a full buffer or a bad peer)
+_NO_GSO = frozenset({errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
 
 _CONNECTIONS = REGISTRY.counter(
     "quic_connections_total", "QUIC connections accepted (after Retry).", ("listener",)
@@ -83,6 +105,8 @@ class QuicConnectionShell(Protocol):
     """What the endpoint needs of a connection (the HTTP/3 front)."""
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None: ...
+
+    def transmit(self) -> None: ...
 
     def drain(self) -> None: ...
 
@@ -192,6 +216,7 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         max_connections: int,
         per_ip_cap: int,
         early_data: bool,
+        sock: socket.socket | None = None,
     ) -> None:
         self.name = name
         self.configuration = configuration
@@ -201,6 +226,13 @@ class QuicEndpoint(asyncio.DatagramProtocol):
         self.per_ip_cap = per_ip_cap
         self.tickets = TicketStore() if early_data else None
         self.transport: asyncio.DatagramTransport | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: the listening socket, for GSO sends (None: one sendto per datagram)
+        self.sock = sock if sys.platform == "linux" else None
+        #: connections with packets to build at the end of this iteration
+        self.outbox: list[QuicConnectionShell] = []
+        self.transmit_scheduled = False
+        self.cid_length = configuration.connection_id_length
         #: connection id -> connection (several ids per connection)
         self.cids: dict[bytes, QuicConnectionShell] = {}
         self.connections: dict[QuicConnectionShell, str] = {}
@@ -213,8 +245,15 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     # -- asyncio ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        self.loop = asyncio.get_running_loop()
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+        if data and not data[0] & _LONG_HEADER:
+            # a short header: no version, no token, just the DCID
+            conn = self.cids.get(data[1 : 1 + self.cid_length])
+            if conn is not None:
+                conn.datagram_received(data, addr)
+                return
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self.configuration.connection_id_length
@@ -300,6 +339,71 @@ class QuicEndpoint(asyncio.DatagramProtocol):
     def sendto(self, data: bytes, addr: NetworkAddress) -> None:
         if self.transport is not None:
             self.transport.sendto(data, addr)
+
+    # -- sending ------------------------------------------------------------------------
+    def want_transmit(self, conn: QuicConnectionShell) -> None:
+        """``conn.transmit()`` at the end of this event-loop iteration."""
+        self.outbox.append(conn)
+        if not self.transmit_scheduled:
+            self.transmit_scheduled = True
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self._transmit)
+
+    def _transmit(self) -> None:
+        self.transmit_scheduled = False
+        outbox, self.outbox = self.outbox, []
+        for conn in outbox:
+            conn.transmit()
+
+    def send_datagrams(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        """Send one connection's datagrams, in order; runs of one size to one
+        address go out as one GSO send."""
+        n = len(datagrams)
+        if n == 1 or self.sock is None:
+            for data, addr in datagrams:
+                self.sendto(data, addr)
+            return
+        i = 0
+        while i < n:
+            data, addr = datagrams[i]
+            size = len(data)
+            j = i + 1
+            while j < n and j - i < GSO_MAX_SEGMENTS:
+                more, to = datagrams[j]
+                if len(more) > size or to != addr:
+                    break
+                j += 1
+                if len(more) < size:
+                    break  # a shorter datagram ends a GSO run
+            if j - i == 1:
+                self.sendto(data, addr)
+            else:
+                self._send_segments([d for d, _ in datagrams[i:j]], size, addr)
+            i = j
+
+    def _send_segments(self, segments: list[bytes], size: int, addr: NetworkAddress) -> None:
+        sock = self.sock
+        assert sock is not None
+        try:
+            sock.sendmsg(
+                [b"".join(segments)],
+                [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
+                0,
+                addr,
+            )
+            return
+        except BlockingIOError:
+            pass  # the socket buffer is full: the transport queues them
+        except OSError as exc:
+            if exc.errno in _NO_GSO:
+                self.sock = None
+                log.info(
+                    "UDP GSO unavailable; one send per datagram",
+                    extra={"listener": self.name, "error": str(exc)},
+                )
+        for data in segments:
+            self.sendto(data, addr)
 
     # -- connection ids ------------------------------------------------------------------
     def add_cid(self, cid: bytes, conn: QuicConnectionShell) -> None:

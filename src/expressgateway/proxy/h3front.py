@@ -12,8 +12,9 @@ Backpressure both ways is QUIC flow control:
   :data:`STREAM_HIGH` unacknowledged bytes its upstream is paused, and
   resumed when the client's ACKs bring it under :data:`STREAM_LOW`.
 
-Packets are built once per event-loop turn (``flush`` schedules
-``transmit``), so a burst of writes becomes as few datagrams as possible.
+Packets are built once per event-loop turn (``flush`` asks the endpoint for
+a ``transmit`` at the end of the iteration, shared by every connection of
+the socket), so a burst of writes becomes as few datagrams as possible.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class H3Front(MuxFront):
     def flush(self) -> None:
         if not self.flush_pending and not self.closed:
             self.flush_pending = True
-            self.loop.call_soon(self.transmit)
+            self.endpoint.want_transmit(self)
 
     def transmit(self) -> None:
         self.flush_pending = False
@@ -216,9 +217,9 @@ class H3Front(MuxFront):
             return
         quic = self.quic
         loop = self.loop
-        sendto = self.endpoint.sendto
-        for data, addr in quic.datagrams_to_send(now=loop.time()):
-            sendto(data, addr)
+        datagrams = quic.datagrams_to_send(now=loop.time())
+        if datagrams:
+            self.endpoint.send_datagrams(datagrams)
         timer_at = quic.get_timer()
         if timer_at != self.timer_at:
             if self.timer is not None:

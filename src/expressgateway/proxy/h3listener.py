@@ -67,6 +67,7 @@ async def build_quic(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket)
         max_connections=quic.max_connections,
         per_ip_cap=quic.per_ip_connection_cap,
         early_data=quic.early_data,
+        sock=sock,
     )
     loop = asyncio.get_running_loop()
     await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
