@@ -13,15 +13,18 @@ visits every stream twice per packet (once for MAX_STREAM_DATA, once in the
 send queue, even after the packet is full) and ends each batch with an
 empty packet. With ten responses per batch that was a quarter of the
 gateway's CPU. The steady-state case (1-RTT keys, handshake done, nothing
-but ACKs, limits and stream data to send, no qlog) is built here with the
-same frames in the same order, except that stream limits are written only
-when something could have changed them, the send queue stops at a full
-packet, and no empty packet ends the batch. Anything else goes to aioquic's
-own loop.
+but ACKs, limits, probes and stream data to send, no qlog) is built here
+with the same frames in the same order, except that stream limits are
+written only when something could have changed them, the send queue is
+walked once per batch (finished streams discarded, the streams with
+something to send picked) and each packet takes frames from that list
+until it is full, and no empty packet ends the batch. Anything else goes
+to aioquic's own loop.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aioquic import tls
@@ -31,6 +34,7 @@ from aioquic.quic.connection import (
     QuicConnection,
     QuicNetworkPath,
 )
+from aioquic.quic.connection import logger as quic_logger
 from aioquic.quic.packet import QuicFrameType, QuicPacketType
 from aioquic.quic.packet_builder import QuicDeliveryState, QuicPacketBuilder
 from aioquic.quic.stream import QuicStream
@@ -42,9 +46,17 @@ _ONE_RTT_PACKET = QuicPacketType.ONE_RTT
 _STREAM_FRAME_MAX_HEADER = 1 + 8 + 8 + 2
 
 
+def _no_debug(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
 class FlowQuic(QuicConnection):
     def __init__(self, *, window: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if not quic_logger.isEnabledFor(logging.DEBUG):
+            # aioquic logs a few debug lines per request (streams created,
+            # limits raised); each costs a LoggerAdapter call and a level check
+            self._logger.debug = _no_debug  # type: ignore[method-assign]
         self.window = window
         #: request/response streams whose credit the gateway steers
         self.held: dict[int, int] = {}
@@ -105,7 +117,7 @@ class FlowQuic(QuicConnection):
             stream.max_stream_data_local_sent = local
 
     def _steady(self, network_path: QuicNetworkPath) -> bool:
-        """Is there nothing to send but ACKs, limits, CRYPTO and stream data?"""
+        """Is there nothing to send but ACKs, limits, probes, CRYPTO and stream data?"""
         return (
             self._handshake_complete
             and self._cryptos[_ONE_RTT].send.is_valid()
@@ -116,7 +128,6 @@ class FlowQuic(QuicConnection):
             and not self._retire_connection_ids
             and not self._streams_blocked_pending
             and not self._ping_pending
-            and not self._probe_pending
             and not self._datagrams_pending
             and all(c.was_sent for c in self._host_cids)
         )
@@ -132,83 +143,112 @@ class FlowQuic(QuicConnection):
         space = self._spaces[_ONE_RTT]
         pacer = self._loss._pacer
         streams = self._streams
-        while True:
-            # pacing, except when ACKs are due
-            if space.ack_at is None or space.ack_at >= now:
-                self._pacing_at = pacer.next_send_time(now=now)
-                if self._pacing_at is not None:
-                    break
-            builder.start_packet(_ONE_RTT_PACKET, crypto)
-            if space.ack_at is not None and space.ack_at <= now:
-                self._write_ack_frame(builder=builder, space=space, now=now)
-            self._write_connection_limits(builder=builder, space=space)
-            if self.limits_dirty:
-                for stream in streams.values():
-                    self._write_stream_limits(builder, space, stream)
-                # every stream's limit is out (a full packet raised above)
-                self.limits_dirty = False
-            if not crypto_stream.sender.buffer_is_empty:
-                self._write_crypto_frame(builder=builder, space=space, stream=crypto_stream)
-            more = not crypto_stream.sender.buffer_is_empty
-            discarded, more_streams = self._write_streams(builder, space)
-            if builder.packet_is_empty:
-                # discarded streams may let the peer open new ones, which the
-                # next packet announces with MAX_STREAMS
-                if not discarded:
-                    break
-                continue
-            pacer.update_after_send(now=now)
-            if not (more or more_streams or discarded):
-                break
-
-    def _write_streams(self, builder: QuicPacketBuilder, space: Any) -> tuple[bool, bool]:
-        """The send queue's part of one packet: (some stream was discarded,
-        some stream still has something to send)."""
-        sent: list[QuicStream] = []
-        discarded: list[QuicStream] = []
-        more = False
-        queue = self._streams_queue
+        work = self._stream_work()
+        sent: dict[QuicStream, None] = {}
+        i = 0
         try:
-            for stream in queue:
-                if stream.is_finished:
-                    self._streams.pop(stream.stream_id)  # type: ignore[arg-type]
-                    if bool(stream.stream_id & 1) == self._is_client:  # type: ignore[operator]
-                        # let the peer open a new stream for each one that
-                        # closes (RFC 9000 §4.6)
-                        self._stream_limit(stream.stream_id).value += 1  # type: ignore[arg-type]
-                    discarded.append(stream)
-                    continue
-                sender = stream.sender
-                if stream.receiver.stop_pending:
-                    self._write_stop_sending_frame(builder=builder, stream=stream)
-                if sender.reset_pending:
-                    self._write_reset_stream_frame(builder=builder, stream=stream)
-                elif not stream.is_blocked and not sender.buffer_is_empty:
-                    if builder.remaining_flight_space <= _STREAM_FRAME_MAX_HEADER:
-                        more = True
+            while True:
+                # pacing, except when ACKs are due
+                if space.ack_at is None or space.ack_at >= now:
+                    self._pacing_at = pacer.next_send_time(now=now)
+                    if self._pacing_at is not None:
                         break
-                    used = self._write_stream_frame(
-                        builder=builder,
-                        space=space,
-                        stream=stream,
-                        max_offset=min(
-                            sender.highest_offset
-                            + self._remote_max_data
-                            - self._remote_max_data_used,
-                            stream.max_stream_data_remote,
-                        ),
-                    )
-                    self._remote_max_data_used += used
-                    if used > 0:
-                        sent.append(stream)
-                    if sender._pending_eof or len(sender._pending):
-                        more = True
+                builder.start_packet(_ONE_RTT_PACKET, crypto)
+                if space.ack_at is not None and space.ack_at <= now:
+                    self._write_ack_frame(builder=builder, space=space, now=now)
+                self._write_connection_limits(builder=builder, space=space)
+                if self.limits_dirty:
+                    for stream in streams.values():
+                        self._write_stream_limits(builder, space, stream)
+                    # every stream's limit is out (a full packet raised above)
+                    self.limits_dirty = False
+                if self._probe_pending:  # PTO (RFC 9002 §6.2.4)
+                    self._write_ping_frame(builder, comment="probe")
+                    self._probe_pending = False
+                if not crypto_stream.sender.buffer_is_empty:
+                    self._write_crypto_frame(builder=builder, space=space, stream=crypto_stream)
+                i = self._fill(builder, space, work, i, sent)
+                if builder.packet_is_empty:
+                    break
+                pacer.update_after_send(now=now)
+                if i >= len(work) and crypto_stream.sender.buffer_is_empty:
+                    break
         finally:
-            # served streams go to the end of the queue; discarded ones leave it
-            if sent or discarded:
-                gone = set(sent)
-                gone.update(discarded)
-                queue = [s for s in queue if s not in gone]
+            if sent:
+                # served streams go to the end of the queue
+                queue = [s for s in self._streams_queue if s not in sent]
                 queue.extend(sent)
                 self._streams_queue = queue
-        return bool(discarded), more
+
+    def _stream_work(self) -> list[QuicStream]:
+        """Discard finished streams (the peer may open one more for each,
+        RFC 9000 §4.6); the others with a frame to send, in queue order."""
+        work: list[QuicStream] = []
+        kept: list[QuicStream] = []
+        discarded = False
+        for stream in self._streams_queue:
+            sender = stream.sender
+            if sender.is_finished and stream.receiver.is_finished:
+                sid: int = stream.stream_id  # type: ignore[assignment]
+                del self._streams[sid]
+                if bool(sid & 1) == self._is_client:  # opened by the peer
+                    self._stream_limit(sid).value += 1
+                discarded = True
+                continue
+            kept.append(stream)
+            if not sender.buffer_is_empty and not (sender._pending_eof or len(sender._pending)):
+                sender.buffer_is_empty = True  # as get_frame() would find
+            if (
+                stream.receiver.stop_pending
+                or sender.reset_pending
+                or not (stream.is_blocked or sender.buffer_is_empty)
+            ):
+                work.append(stream)
+        if discarded:
+            self._streams_queue = kept
+        return work
+
+    def _fill(
+        self,
+        builder: QuicPacketBuilder,
+        space: Any,
+        work: list[QuicStream],
+        i: int,
+        sent: dict[QuicStream, None],
+    ) -> int:
+        """Stream frames from ``work[i:]`` into the current packet, until it
+        is full; returns where the next packet goes on."""
+        n = len(work)
+        while i < n:
+            stream = work[i]
+            sender = stream.sender
+            if stream.receiver.stop_pending:
+                self._write_stop_sending_frame(builder=builder, stream=stream)
+            if sender.reset_pending:
+                self._write_reset_stream_frame(builder=builder, stream=stream)
+                i += 1
+                continue
+            if stream.is_blocked or sender.buffer_is_empty:
+                i += 1
+                continue
+            if builder.remaining_flight_space <= _STREAM_FRAME_MAX_HEADER:
+                return i  # full: this stream goes on in the next packet
+            used = self._write_stream_frame(
+                builder=builder,
+                space=space,
+                stream=stream,
+                max_offset=min(
+                    sender.highest_offset + self._remote_max_data - self._remote_max_data_used,
+                    stream.max_stream_data_remote,
+                ),
+            )
+            self._remote_max_data_used += used
+            if used > 0:
+                sent[stream] = None
+                if (
+                    sender._pending_eof or len(sender._pending)
+                ) and builder.remaining_flight_space <= _STREAM_FRAME_MAX_HEADER:
+                    return i  # the rest of this stream goes in the next packet
+            # all sent, or held back by flow control until the peer grants more
+            i += 1
+        return i
