@@ -5,6 +5,10 @@ them and the send queue left at a full packet."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from aioquic._buffer import Buffer
+from aioquic.buffer import encode_uint_var
 from aioquic.quic.packet_builder import QuicDeliveryState
 
 from expressgateway.core.events import ResponseHead
@@ -64,3 +68,19 @@ def test_a_lost_max_stream_data_is_sent_again(pair: ServerPair) -> None:
     pair.pump()
     again = [v for s, v in pair.client.quic.max_stream_data if s == sid]
     assert again[len(sent) :] == [sent[-1]]
+
+
+def test_a_response_larger_than_the_client_window_follows_its_max_stream_data(
+    make_pair: Callable[..., ServerPair],
+) -> None:
+    pair = make_pair(client_conf={"max_stream_data": WINDOW})
+    sid, _ = pair.request()
+    body = bytes(range(256)) * (10 * WINDOW // 256)
+    answer(pair, sid, body)
+    pair.pump()
+    assert pair.client.log(sid).data == body
+    # a MAX_STREAM_DATA for a stream already gone is ignored
+    pair.quic._handle_max_stream_data_frame(
+        None, 0x11, Buffer(data=encode_uint_var(sid) + encode_uint_var(1 << 20))
+    )
+    assert sid not in pair.quic._streams

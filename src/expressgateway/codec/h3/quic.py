@@ -28,6 +28,7 @@ import logging
 from typing import Any
 
 from aioquic import tls
+from aioquic._buffer import Buffer
 from aioquic.quic.connection import (
     MAX_STREAM_DATA_FRAME_CAPACITY,
     NetworkAddress,
@@ -83,6 +84,25 @@ class FlowQuic(QuicConnection):
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         self.limits_dirty = True
         super().receive_datagram(data, addr, now)
+
+    def _handle_max_stream_data_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        # One per response from some clients (ngtcp2), often for a stream
+        # already discarded: skip aioquic's checks and exception for those.
+        start = buf.tell()
+        stream_id = buf.pull_uint_var()
+        maximum = buf.pull_uint_var()
+        stream = self._streams.get(stream_id)
+        if self._quic_logger is None and (
+            not stream_id & 2 or bool(stream_id & 1) != self._is_client  # we may send on it
+        ):
+            if stream is not None:
+                if maximum > stream.max_stream_data_remote:
+                    stream.max_stream_data_remote = maximum
+                return
+            if self._stream_is_discarded(stream_id):
+                return  # no state left for it: ignored, as aioquic does
+        buf.seek(start)
+        super()._handle_max_stream_data_frame(context, frame_type, buf)
 
     def _on_max_stream_data_delivery(self, delivery: QuicDeliveryState, stream: QuicStream) -> None:
         if delivery != QuicDeliveryState.ACKED:
