@@ -10,7 +10,16 @@ from hyperframe.frame import GoAwayFrame, PingFrame
 from expressgateway.codec.h2 import H2ConnectionError, H2ServerCodec
 from expressgateway.config.model import H2SecurityConfig
 from expressgateway.core.events import NO_ERROR, REFUSED_STREAM, RequestHead, ResponseHead
-from tests.unit.h2.helpers import BASIC, RawClient, of_type, parse_frames, ping, rst_codes, server
+from tests.unit.h2.helpers import (
+    BASIC,
+    RawClient,
+    ServerPair,
+    of_type,
+    parse_frames,
+    ping,
+    rst_codes,
+    server,
+)
 
 DRAIN = b"eg-drain"
 
@@ -183,3 +192,16 @@ def test_connection_lost_resets_every_unfinished_stream() -> None:
     assert codec.closed and codec.open_streams == 0
     with pytest.raises(H2ConnectionError):
         codec.feed(ping(), 2.0)
+
+
+def test_finished_streams_do_not_pile_up_in_h2() -> None:
+    """h2 drops closed streams only while counting open ones, which the
+    server codec asks it to do every few new streams, not on each: a long
+    connection still keeps only a handful of finished streams."""
+    pair = ServerPair()
+    for _ in range(200):
+        sid, _ = pair.request()
+        pair.codec.send_response_head(sid, ResponseHead(204, [], True))
+        pair.to_client()
+    assert pair.codec.open_streams == 0
+    assert len(pair.codec._conn.streams) <= 16

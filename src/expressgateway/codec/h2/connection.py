@@ -286,6 +286,7 @@ class H2Codec:
     :class:`~.client.H2ClientCodec`; see their docstrings for the API."""
 
     _source = Source.DOWNSTREAM
+    _connection_class: type[H2Connection] = H2Connection
 
     def __init__(
         self,
@@ -325,7 +326,7 @@ class H2Codec:
             normalize_inbound_headers=False,
             logger=_NullLogger(),  # type: ignore[arg-type]
         )
-        conn = H2Connection(config)
+        conn = self._connection_class(config)
         settings: dict[SettingCodes, int] = {
             SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams,
             SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list_size,

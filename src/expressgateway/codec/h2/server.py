@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamReset, TrailersReceived
 from h2.settings import SettingCodes, Settings
 
@@ -85,6 +86,30 @@ if TYPE_CHECKING:
     from expressgateway.config.model import H2SecurityConfig
 
 _END = Body(b"", True)
+#: h2 counts the open streams (and drops the closed ones) every this many
+#: new streams
+_CULL_EVERY = 16
+
+
+class _ServerConnection(H2Connection):
+    """h2's connection, without a count of the open streams for every new
+    one: h2 scans all its streams for it (and drops the closed ones on the
+    way), but the server codec enforces MAX_CONCURRENT_STREAMS itself (h2's
+    copy of our settings has no limit). The scan still runs every
+    :data:`_CULL_EVERY` new streams, so closed streams do not pile up."""
+
+    _until_cull = _CULL_EVERY
+
+    @property
+    def open_inbound_streams(self) -> int:
+        left = self._until_cull - 1
+        if left > 0:
+            self._until_cull = left
+            return 0
+        self._until_cull = _CULL_EVERY
+        return super().open_inbound_streams
+
+
 _NO_CONTENT = frozenset({204, 304})
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
 
@@ -108,6 +133,7 @@ class H2ServerCodec(H2Codec):
     ``:scheme`` is checked, not trusted)."""
 
     _source = Source.DOWNSTREAM
+    _connection_class = _ServerConnection
 
     def __init__(
         self,
