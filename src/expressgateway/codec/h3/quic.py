@@ -81,6 +81,15 @@ class FlowQuic(QuicConnection):
             self.held[stream_id] = max(0, held - n)
             self.limits_dirty = True
 
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        # twice per response: an open stream we may send on is written at
+        # once; anything else gets aioquic's checks (and its errors)
+        stream = self._streams.get(stream_id)
+        if stream is not None and (not stream_id & 2 or bool(stream_id & 1) != self._is_client):
+            stream.sender.write(data, end_stream=end_stream)
+            return
+        super().send_stream_data(stream_id, data, end_stream)
+
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         self.limits_dirty = True
         super().receive_datagram(data, addr, now)
