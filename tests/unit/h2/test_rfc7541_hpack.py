@@ -207,3 +207,16 @@ def test_response_literals_are_not_huffman_coded() -> None:
     sid, _ = pair.request()
     pair.codec.send_response_head(sid, ResponseHead(204, [(b"x-plain", b"visible")], True))
     assert b"visible" in pair.codec.data_to_send()
+
+
+def test_memos_keep_only_small_blocks() -> None:
+    """A client sending distinct large requests cannot make the codec keep
+    them: the decoder remembers blocks of up to 512 octets (16 at most),
+    the request validator heads with up to 4 KiB of values."""
+    pair = ServerPair()
+    for i in range(40):
+        fields = [*BASIC, *((b"x-f%d" % k, b"%d-" % i + b"v" * 300) for k in range(20))]
+        pair.request(fields)
+    codec = pair.codec
+    assert not codec._validator._memo
+    assert len(codec._conn.decoder._memo) <= 16

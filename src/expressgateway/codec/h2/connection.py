@@ -74,10 +74,15 @@ _first = itemgetter(0)
 _MAX_STREAM_ID = 2**31 - 1
 _DRIBBLE = 1024
 _SHUTDOWN_PING = b"eg-drain"
-#: HPACK memo entries kept at most per connection and direction, and the
-#: largest header block the decoder remembers
+#: HPACK memos, per connection. The encoder remembers at most this many
+#: fields (all of them in hpack's tables anyway)
 _MEMO_MAX = 64
+#: the decoder remembers at most 16 blocks of up to 512 octets and 64
+#: fields: a peer sending distinct blocks makes it keep ~100 KiB at worst
+#: (less than two concurrent requests may hold), a repeating client 1-2
+_DECODE_MEMO_MAX = 16
 _MEMO_BLOCK = 512
+_MEMO_FIELDS = 64
 
 
 class _CountingTable(HeaderTable):
@@ -134,8 +139,8 @@ class _HPACKDecoder(Decoder):
         headers = self._decode(data, raw)
         if table.state() != before:
             memo.clear()
-        elif raw and len(data) <= _MEMO_BLOCK:
-            if len(memo) >= _MEMO_MAX:
+        elif raw and len(data) <= _MEMO_BLOCK and len(headers) <= _MEMO_FIELDS:
+            if len(memo) >= _DECODE_MEMO_MAX:
                 memo.clear()
             memo[data] = headers
         return headers

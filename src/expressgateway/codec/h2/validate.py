@@ -94,8 +94,11 @@ _SPLITTERS = b"\r\n\x00"
 _GOOD_NAMES: set[bytes] = {b"cookie"}
 _GOOD_METHODS: set[bytes] = {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"}
 _CACHE_MAX = 4096
-#: request heads remembered per server codec (see RequestValidator)
+#: request heads remembered per server codec (see RequestValidator), and
+#: how large a remembered one may be (fields, octets of values)
 _HEAD_MEMO_MAX = 16
+_HEAD_MEMO_FIELDS = 32
+_HEAD_MEMO_OCTETS = 4096
 
 
 class StreamError(Exception):
@@ -172,7 +175,8 @@ class RequestValidator:
     The heads of the last few distinct accepted blocks are remembered (by
     their fields and END_STREAM): a client that repeats a request gets a
     copy instead of a second check. The answer depends on nothing else
-    (the limits are fixed per codec)."""
+    (the limits are fixed per codec). Only small heads are remembered
+    (at most 16 x 4 KiB of values per connection)."""
 
     __slots__ = (
         "_memo",
@@ -213,9 +217,13 @@ class RequestValidator:
         head = memo.get(key)
         if head is None:
             head = self._request(headers, end_stream)
-            if len(memo) >= _HEAD_MEMO_MAX:
-                memo.clear()
-            memo[key] = head
+            if (
+                len(headers) <= _HEAD_MEMO_FIELDS
+                and sum(map(len, map(_second, headers))) <= _HEAD_MEMO_OCTETS
+            ):
+                if len(memo) >= _HEAD_MEMO_MAX:
+                    memo.clear()
+                memo[key] = head
         return RequestHead(
             head.method,
             head.scheme,
