@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -143,6 +144,7 @@ class Worker:
             self.done.set()
             return
         clusters.start_dns()  # after the listeners made their implicit clusters
+        tune_gc()
         self.reply({"op": "ready", "pid": os.getpid()})
 
     def _tick_clusters(self, clusters: Clusters) -> None:
@@ -209,6 +211,23 @@ class Worker:
             log.warning("drain deadline passed; aborting connections", extra={"left": left})
         self.reply({"op": "drained", "left": left})
         self.done.set()
+
+
+#: allocations between two young-generation collections (CPython's default: 700)
+GC_GEN0_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Once the worker is built: what exists now (modules, config, listeners)
+    is moved out of the collector's sight (``gc.freeze``), and young
+    collections run every 50 000 net allocations instead of 700. Requests
+    make few reference cycles, so the default threshold mostly rescanned
+    live objects (about 3% of an HTTP/2 worker's time); garbage cycles still
+    go, at most that many objects later."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
