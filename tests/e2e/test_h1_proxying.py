@@ -32,6 +32,7 @@ from tests.support.h1 import (
     read_head,
     request,
 )
+from tests.support.h2 import RawH2
 from tests.support.l4 import poll
 from tests.support.processes import nginx_origin, origin
 
@@ -281,6 +282,32 @@ def test_idle_clients_hold_at_most_park_max_upstream_connections() -> None:
                 for client in clients:
                     client.close()
             # the slots come back when the clients leave
+            assert poll(lambda: gw.metric("pool_parked_connections") == 0)
+
+
+def test_an_http2_client_parks_upstream_connections_within_park_max() -> None:
+    """An HTTP/2 client's streams keep the HTTP/1.1 upstream connections they
+    finished with, but within the worker's parking slots: 6 concurrent
+    streams open 5 or 6 upstream connections, 2 stay parked, the pool keeps
+    1, and the slots come back when the client leaves."""
+    with ScriptedBackend(serve_forever) as backend:
+        admin, port = free_port(), free_port()
+        cfg = h1_config(
+            admin,
+            h1_listener(port, [backend.port]),
+            tail="[pool]\npark_max = 2\nper_peer_max = 1\n",
+        )
+        with gateway(cfg, admin_port=admin) as gw:
+            with RawH2(port) as c:
+                c.start()
+                sids = [c.request("/") for _ in range(6)]
+                for sid in sids:
+                    ex = c.response(sid)
+                    assert (ex.status, bytes(ex.data)) == (200, b"ok")
+                assert poll(lambda: gw.metric("pool_parked_connections") == 2)
+                assert gw.metric("pool_idle_connections") == 1
+                # (6, or 5 when the gateway reads the six HEADERS in two goes)
+                assert backend.connections >= 5
             assert poll(lambda: gw.metric("pool_parked_connections") == 0)
 
 

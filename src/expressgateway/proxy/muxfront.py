@@ -220,6 +220,9 @@ class MuxFront:
     #: kept for its next streams (at most PARK_MAX, i.e. about its peak
     #: concurrency); the rest go to the shared pool
     parked: list[Any]
+    #: parking slots of the worker's pool.park_max this connection holds
+    #: (taken as ``parked`` first grows, given back when it is released)
+    park_slots = 0
 
     def stream_front(self, sid: int) -> MuxStreamFront:
         return MuxStreamFront(self, sid)
@@ -227,10 +230,15 @@ class MuxFront:
     def park(self, back: Back) -> None:
         # Under many concurrent streams the shared idle pool (a few per peer)
         # would close and reopen upstream connections on every request.
-        if self.draining or len(self.parked) >= PARK_MAX:
+        n = len(self.parked)
+        if self.draining or n >= PARK_MAX:
             back.release()
-        else:
+        elif n < self.park_slots or self.ctx.pool.take_park_slot():
+            if n >= self.park_slots:
+                self.park_slots += 1
             self.parked.append(back)
+        else:
+            back.release()  # the worker's parking cap is reached
 
     def take_parked(self, ep: Endpoint) -> Back | None:
         parked = self.parked
@@ -251,6 +259,10 @@ class MuxFront:
         parked, self.parked = self.parked, []
         for back in parked:
             back.release()
+        pool = self.ctx.pool
+        for _ in range(self.park_slots):
+            pool.give_park_slot()
+        self.park_slots = 0
 
     def flush(self) -> None:
         raise NotImplementedError
