@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from h2.connection import H2Connection
 from h2.events import (
     DataReceived,
     InformationalResponseReceived,
@@ -75,6 +76,30 @@ _NO_CONTENT = frozenset({204, 304})
 _WS_DROP = frozenset({b"sec-websocket-key"})
 
 
+#: h2 counts (and culls) its open streams once every this many new streams
+_CULL_EVERY = 16
+
+
+class _ClientConnection(H2Connection):
+    """h2's connection, without a count of the open streams for every new
+    request: h2 scans all its streams for it (500 in flight on a shared
+    upstream connection: most of a request's cost), but the client codec
+    keeps the backend's MAX_CONCURRENT_STREAMS itself
+    (:attr:`H2ClientCodec.available_streams`). The scan, which also drops
+    closed streams, still runs every :data:`_CULL_EVERY` new streams."""
+
+    _until_cull = _CULL_EVERY
+
+    @property
+    def open_outbound_streams(self) -> int:
+        left = self._until_cull - 1
+        if left > 0:
+            self._until_cull = left
+            return 0
+        self._until_cull = _CULL_EVERY
+        return super().open_outbound_streams
+
+
 class H2ClientCodec(H2Codec):
     """HTTP/2 client side: encodes requests, parses responses.
 
@@ -82,6 +107,8 @@ class H2ClientCodec(H2Codec):
     for h2c, ``https`` over TLS). ``max_header_list_size`` and
     ``max_headers`` bound response heads and trailers (a larger response is
     reset and reported as ``Reset(reason="header_too_large")``, a 502)."""
+
+    _connection_class = _ClientConnection
 
     _source = Source.UPSTREAM
 
