@@ -22,6 +22,7 @@ Flow control is the gateway's backpressure (docs/architecture.md):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from operator import itemgetter
@@ -160,6 +161,38 @@ class _HPACKDecoder(Decoder):
         return headers  # type: ignore[return-value]
 
 
+#: fields whose value is new in every message: indexing them would only churn
+#: the dynamic table (and invalidate the encoder's memo), so they go as
+#: literals that are never indexed
+_UNIQUE_VALUES = frozenset({b"traceparent"})
+
+#: Huffman strings decoded lately (dates, etags, server names repeat across
+#: the responses of a backend); hpack's decoder is per-octet Python
+_HUFFMAN_MEMO = 256
+
+
+def _memo_huffman() -> None:
+    """hpack decodes every Huffman literal octet by octet: remember the last
+    few hundred (an LRU, so its size is bounded whatever peers send)."""
+    import hpack.hpack
+
+    namespace = vars(hpack.hpack)
+    decode = namespace["decode_huffman"]
+    if getattr(decode, "eg_memo", False):
+        return
+    memo = functools.lru_cache(maxsize=_HUFFMAN_MEMO)(decode)
+
+    def decode_huffman(data: bytes) -> bytes:
+        result: bytes = memo(bytes(data))
+        return result
+
+    decode_huffman.eg_memo = True  # type: ignore[attr-defined]
+    namespace["decode_huffman"] = decode_huffman
+
+
+_memo_huffman()
+
+
 class _HPACKEncoder(Encoder):
     """hpack's encoder, cheaper for header blocks that repeat.
 
@@ -197,7 +230,7 @@ class _HPACKEncoder(Encoder):
             sensitive = not field.indexable
             field = (field[0], field[1])
         else:
-            sensitive = False
+            sensitive = field[0] in _UNIQUE_VALUES
         octets = self.add(field, sensitive, huffman=False)
         first = octets[0]
         if first & 0x80:  # indexed: stable while the table is
