@@ -10,7 +10,6 @@ keys about half would be full handshakes (all ten by chance: 1 in 1024).
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import ssl
@@ -74,7 +73,6 @@ def test_one_saved_session_resumes_on_every_worker(
         assert gw.metric("tls_handshakes_total", listener="secure", resumed="false") == 1
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_openssl_s_client_resumes_its_saved_session(
     tls_files: dict[str, str], origin_port: int, tmp_path: Path
 ) -> None:
