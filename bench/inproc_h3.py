@@ -48,6 +48,8 @@ from expressgateway.proxy.h3listener import build_quic
 from expressgateway.runtime.listeners import WorkerContext
 from expressgateway.upstream.cluster import Clusters
 from expressgateway.upstream.pool import peer_key
+from inproc_h1 import RESPONSE
+from inproc_h1 import FakeTransport as H1FakeTransport
 
 CONFIG = """
 [runtime]
@@ -70,13 +72,6 @@ address = "127.0.0.1:38081"
 protocol = "h1"
 """
 
-BODY = b"x" * 1024
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n"
-    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
-    b"Last-Modified: Tue, 01 Dec 2026 09:00:00 GMT\r\nConnection: keep-alive\r\n"
-    b'ETag: "674c2a10-400"\r\nAccept-Ranges: bytes\r\n\r\n' + BODY
-)
 REQUEST = [
     (b":method", b"GET"),
     (b":scheme", b"https"),
@@ -106,43 +101,19 @@ class Timer:
         self.seconds += time.process_time() - t0
 
 
-class FakeTransport:
+class FakeTransport(H1FakeTransport):
     """An upstream connection's transport; notes which backs got a request."""
 
     def __init__(self, back: H1Back, asked: list[H1Back]) -> None:
+        super().__init__(("127.0.0.1", 38081))
         self.back = back
         self.asked = asked
-        self.closing = False
 
     def write(self, data: bytes) -> None:
         self.asked.append(self.back)
 
     def writelines(self, chunks: list[bytes]) -> None:
         self.asked.append(self.back)
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 38081), "sockname": ("127.0.0.1", 1)}.get(name, default)
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
 
 
 class FakeUdp:
