@@ -24,6 +24,7 @@ from tests.support.h1 import (
     recv_until_close,
     request,
 )
+from tests.support.l4 import poll
 from tests.support.processes import origin
 
 TIMEOUTS = "header_timeout_ms = 500\nbody_timeout_ms = 500\nhead_timeout_ms = 500\n"
@@ -279,3 +280,34 @@ def test_drain_deadline_cuts_what_is_left_and_counts_it(origin_port: int) -> Non
         if '"drain deadline passed; aborting connections"' in line
     ]
     assert [r["left"] for r in cut] == [1], logs[-2000:]
+
+
+def test_drain_serves_the_first_request_of_a_connection_that_had_not_sent_it(
+    origin_port: int,
+) -> None:
+    """A connection accepted before SIGTERM whose request comes during the
+    drain (it may have been in flight) is served, with `Connection: close`;
+    a keep-alive connection idle after its request is closed at once."""
+    port, admin = free_port(), free_port()
+    cfg = h1_config(admin, h1_listener(port, [origin_port])).replace(
+        "drain_timeout_ms = 1000", "drain_timeout_ms = 5000\ndrain_jitter_ms = 0"
+    )
+    with gateway(cfg, admin_port=admin) as gw:
+        fresh = socket.create_connection(("127.0.0.1", port), timeout=10)
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            idle.sendall(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            assert ResponseReader().read(idle, timeout=5).status == 200
+            time.sleep(0.3)  # both accepted by the worker
+            assert gw.proc is not None
+            gw.proc.send_signal(signal.SIGTERM)
+            assert poll(lambda: "received SIGTERM" in gw.logs(), 5)
+            assert recv_until_close(idle, timeout=5) == b""  # closed by the drain
+            time.sleep(0.3)  # the drain has reached the workers
+            fresh.sendall(b"GET / HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+            resp = ResponseReader().read(fresh, timeout=5)
+        finally:
+            fresh.close()
+            idle.close()
+    assert resp.status == 200
+    assert resp.header("connection") == "close"

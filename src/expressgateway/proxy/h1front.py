@@ -512,13 +512,18 @@ class H1Front(asyncio.Protocol):
                 self.flush()
 
     def drain(self) -> None:
-        """The gateway is draining: close now if idle, else after this exchange."""
+        """The gateway is draining: close now if idle between requests, else
+        after this exchange. A connection that has not sent its first request
+        yet is left its chance (it may be in flight: closing would fail a
+        client that did nothing wrong); that request is answered with
+        ``Connection: close``, and the header timeout still bounds the wait."""
         self.keep_alive = False
         if (
             self.stream is None
             and self.tunnel is None
             and self.phase == IDLE
             and not self.got_bytes
+            and self.requests > 0
         ):
             self._close()
 
