@@ -18,11 +18,50 @@ from pathlib import Path
 import psutil
 
 
+def _test_port_range() -> tuple[int, int]:
+    """Ports the tests hand out: below the kernel's ephemeral range, so no
+    outgoing connection (ours or the backends') can take a port between the
+    test picking it and the gateway binding it. Also below the benchmark
+    harness's ports (EG_BENCH_PORT_BASE, 28080 up), which its smoke test uses."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if low - 10000 >= 4000:
+        return 10000, min(low, 28000)
+    return high + 1, 65536
+
+
+_PORT_LOW, _PORT_HIGH = _test_port_range()
+_next_port = _PORT_LOW + os.getpid() % (_PORT_HIGH - _PORT_LOW)
+
+
+def _bindable(family: int, kind: int, host: str, port: int) -> bool:
+    try:
+        with socket.socket(family, kind) as s:
+            s.bind((host, port))
+    except OSError as exc:
+        # no IPv6 on this host is not a clash
+        return family == socket.AF_INET6 and exc.errno in (97, 99)
+    return True
+
+
 def free_port(udp: bool = False) -> int:
-    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 and ::1 for both TCP and UDP, never handed
+    out twice in one test run (the cursor only moves forward)."""
+    global _next_port
+    del udp  # every port is checked for both
+    span = _PORT_HIGH - _PORT_LOW
+    for _ in range(span):
+        port = _next_port
+        _next_port = _PORT_LOW + (_next_port + 1 - _PORT_LOW) % span
+        if all(
+            _bindable(family, kind, host, port)
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"))
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)
+        ):
+            return port
+    raise RuntimeError(f"no free port in {_PORT_LOW}-{_PORT_HIGH - 1}")
 
 
 def wait_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:

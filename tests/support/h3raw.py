@@ -37,6 +37,7 @@ from aioquic.quic.events import (
 from aioquic.quic.packet import QuicHeader, QuicPacketType, pull_quic_header
 from aioquic.tls import SessionTicket
 
+from tests.support.gateway import free_port
 from tests.support.h3 import H3Client, H3Response, H3Stream, _Exchange
 
 Fields = list[tuple[bytes, bytes]]
@@ -398,17 +399,7 @@ metrics_bind = "127.0.0.1:{admin_port}"
 def free_port_pair() -> int:
     """A port number free on 127.0.0.1 for both TCP and UDP (an ``h1s``
     listener and a ``quic`` listener side by side)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no port free for both TCP and UDP")
+    return free_port()
 
 
 def connection_error(client: H3Client, timeout: float = 3.0) -> str | None:
