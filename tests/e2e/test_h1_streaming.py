@@ -36,7 +36,10 @@ from tests.support.h1 import (
 from tests.support.processes import origin
 
 GiB = 1024 * MiB
-RSS_BUDGET = 32 * MiB
+#: the target is 32 MiB; measured growth is under 1 MiB since writes stopped
+#: waiting for the end of the loop iteration once 64 KiB are queued (it was
+#: 6-16 MiB), so a quarter of the target catches that coming back
+RSS_BUDGET = 8 * MiB
 
 
 @dataclass

@@ -146,7 +146,10 @@ def test_client_that_never_reads_does_not_grow_gateway_memory(
         time.sleep(3)
         growth = rss.growth
         ex = c.response(sid, timeout=60)
-    assert growth < RSS_BUDGET, f"gateway RSS grew {growth / MiB:.1f} MiB"
+    # 8 MiB, not RSS_BUDGET: writes gathered to the end of the loop iteration
+    # once let libuv's 32-reads-per-wakeup loop queue 7-36 MiB before the
+    # client's backpressure was seen (io/cork.py CORK_LIMIT); about 2 MiB now
+    assert growth < 8 * MiB, f"gateway RSS grew {growth / MiB:.1f} MiB"
     assert ex.status == 200
     assert ex.ended and len(ex.data) == size
 

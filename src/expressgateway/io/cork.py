@@ -13,13 +13,19 @@ HTTP/1.1 bench this cut the kernel's share of our cost by a third. Latency
 grows by at most one loop iteration's work.
 
 Bounded: a connection is registered at most once (its ``corked`` flag), and
-the list is emptied every iteration.
+the list is emptied every iteration. A connection also writes at once when
+it holds ``CORK_LIMIT`` bytes of body: libuv reads a readable socket up to
+32 times in one iteration, so a fast origin could otherwise queue 32 reads
+(8 MiB) before the write that tells us the client is not reading.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Protocol
+
+#: body bytes a connection may hold back before it writes them at once
+CORK_LIMIT = 64 * 1024
 
 
 class Corked(Protocol):

@@ -19,7 +19,7 @@ from expressgateway.core.events import (
     Trailers,
     TunnelData,
 )
-from expressgateway.io.cork import cork
+from expressgateway.io.cork import CORK_LIMIT, cork
 from expressgateway.io.sockets import configure_upstream
 from expressgateway.upstream.pool import PeerKey
 
@@ -37,6 +37,7 @@ class H1Back(asyncio.Protocol):
     __slots__ = (
         "_cork",
         "_wbuf",
+        "_wsize",
         "codec",
         "corked",
         "created",
@@ -68,6 +69,8 @@ class H1Back(asyncio.Protocol):
         self.eof = False
         self.tunnel: WsTunnel | None = None
         self._wbuf: list[bytes] = []
+        #: body bytes in _wbuf (CORK_LIMIT)
+        self._wsize = 0
         self.corked = False
         self._cork = cork()
         #: the endpoint whose connection count this connection is in
@@ -194,6 +197,9 @@ class H1Back(asyncio.Protocol):
         out = self.codec.encode_body(data, end_stream)
         if out:
             self._wbuf.append(out)
+            self._wsize += len(out)
+            if self._wsize >= CORK_LIMIT:
+                self.flush_now()  # its pause_writing must stop the read loop now
 
     def send_trailers(self, headers: Headers) -> None:
         self._wbuf.append(self.codec.encode_trailers(headers))
@@ -211,6 +217,7 @@ class H1Back(asyncio.Protocol):
 
     def flush_now(self) -> None:
         self.corked = False
+        self._wsize = 0
         buf = self._wbuf
         t = self.transport
         if buf and t is not None and not t.is_closing():
@@ -228,6 +235,7 @@ class H1Back(asyncio.Protocol):
     def abort(self) -> None:
         self.stream = None
         self._wbuf.clear()
+        self._wsize = 0
         self.corked = False
         if self.transport is not None:
             self.transport.abort()

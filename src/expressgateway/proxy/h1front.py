@@ -28,7 +28,7 @@ from expressgateway.core.events import (
     Trailers,
     TunnelData,
 )
-from expressgateway.io.cork import cork
+from expressgateway.io.cork import CORK_LIMIT, cork
 from expressgateway.observability.metrics import REGISTRY
 from expressgateway.proxy.checks import is_grpc, sni_mismatch
 from expressgateway.proxy.clock import (
@@ -79,6 +79,7 @@ class H1Front(asyncio.Protocol):
     __slots__ = (
         "_cork",
         "_wbuf",
+        "_wsize",
         "admitted",
         "codec",
         "corked",
@@ -136,6 +137,8 @@ class H1Front(asyncio.Protocol):
         #: holds one of the worker's parking slots (pool.park_max)
         self.park_slot = False
         self._wbuf: list[bytes] = []
+        #: body bytes in _wbuf (CORK_LIMIT)
+        self._wsize = 0
         self.corked = False
         self._cork = cork()
         self.loop = asyncio.get_running_loop()
@@ -393,6 +396,9 @@ class H1Front(asyncio.Protocol):
         out = self.codec.encode_body(data, end_stream)
         if out:
             self._wbuf.append(out)
+            self._wsize += len(out)
+            if self._wsize >= CORK_LIMIT:
+                self.flush_now()  # its pause_writing must stop the read loop now
 
     def send_trailers(self, headers: Headers) -> None:
         out = self.codec.encode_trailers(headers)
@@ -474,6 +480,7 @@ class H1Front(asyncio.Protocol):
 
     def flush_now(self) -> None:
         self.corked = False
+        self._wsize = 0
         buf = self._wbuf
         t = self.transport
         if buf and t is not None and not t.is_closing():

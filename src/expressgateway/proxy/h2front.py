@@ -148,6 +148,7 @@ class H2Front(MuxFront, asyncio.Protocol):
 
     def flush_now(self) -> None:
         self.corked = False
+        self.unflushed = 0
         data = self.codec.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)

@@ -211,8 +211,12 @@ class H3Front(MuxFront):
             self.flush_pending = True
             self.endpoint.want_transmit(self)
 
+    def flush_now(self) -> None:
+        self.transmit()
+
     def transmit(self) -> None:
         self.flush_pending = False
+        self.unflushed = 0
         if self.closed:
             return
         quic = self.quic

@@ -31,6 +31,7 @@ from expressgateway.core.events import (
     ResponseHead,
     Trailers,
 )
+from expressgateway.io.cork import CORK_LIMIT
 from expressgateway.proxy import grpc
 from expressgateway.proxy.checks import is_grpc, sni_mismatch
 from expressgateway.proxy.clock import (
@@ -135,7 +136,11 @@ class MuxStreamFront:
     def send_body(self, data: bytes, end_stream: bool) -> None:
         if self.drop_body:
             return
-        if not self.outbox.send_body(self.conn.codec, self.sid, data, end_stream):
+        conn = self.conn
+        conn.unflushed += len(data)
+        if conn.unflushed >= CORK_LIMIT:
+            conn.flush_now()  # its pause_writing must stop the backend's read loop now
+        if not self.outbox.send_body(conn.codec, self.sid, data, end_stream):
             stream = self.stream
             if stream is not None and stream.back is not None:
                 stream.back.pause_response()
@@ -223,6 +228,8 @@ class MuxFront:
     #: parking slots of the worker's pool.park_max this connection holds
     #: (taken as ``parked`` first grows, given back when it is released)
     park_slots = 0
+    #: response body bytes handed to the codec since the last write (CORK_LIMIT)
+    unflushed = 0
 
     def stream_front(self, sid: int) -> MuxStreamFront:
         return MuxStreamFront(self, sid)
@@ -265,6 +272,10 @@ class MuxFront:
         self.park_slots = 0
 
     def flush(self) -> None:
+        raise NotImplementedError
+
+    def flush_now(self) -> None:
+        """Write what the codec holds now, not at the end of the iteration."""
         raise NotImplementedError
 
     def close(self) -> None:
