@@ -1,15 +1,17 @@
-"""An accept loop for TLS listeners.
+"""The accept loop of every TCP listener, plain or TLS.
 
-It admits a connection (per-IP and in-flight caps) *before* the TLS
-handshake, bounds the handshake with ``handshake_timeout_ms``, counts every
+It admits a connection (per-IP and in-flight caps) *before* any protocol
+work, bounds a TLS handshake with ``handshake_timeout_ms``, counts every
 failed handshake by reason, and backs off with jitter on accept errors
 (EMFILE, ENFILE, ENOBUFS...) instead of spinning or dying. The protocol only
 sees connections whose handshake completed.
 
-Plain TCP listeners use the event loop's own server (cheaper per
-connection); TLS needs this because a protocol cannot pause reading before
-the loop delivers the ClientHello under uvloop, so a handshake started from
-inside the protocol would lose it.
+Why not the event loop's own server: uvloop closes a listening socket for
+good when ``accept`` fails with anything but EAGAIN, ECONNABORTED, EMFILE
+or ENFILE (ENOBUFS and ENOMEM under memory pressure, for instance), and
+tells nobody; that worker would silently stop accepting. And for TLS, a
+protocol cannot pause reading before uvloop delivers the ClientHello, so a
+handshake started from inside the protocol would lose it.
 """
 
 from __future__ import annotations
@@ -55,12 +57,12 @@ def _kind(exc: OSError) -> str:
     return "other"
 
 
-class TlsAcceptor:
+class Acceptor:
     def __init__(
         self,
         name: str,
         sock: socket.socket,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
         factory: Callable[[str], asyncio.Protocol],
         admission: Admission,
         handshake_timeout: float,
@@ -114,7 +116,8 @@ class TlsAcceptor:
                     conn.close()
                 continue
             conn.setblocking(False)
-            task = self._loop.create_task(self._handshake(conn, ip))
+            opener = self._handshake if self.ssl_context is not None else self._open
+            task = self._loop.create_task(opener(conn, ip))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -132,6 +135,13 @@ class TlsAcceptor:
     def _resume_accepting(self) -> None:
         if not self._closed and not self._reading:
             self.start()
+
+    async def _open(self, conn: socket.socket, ip: str) -> None:
+        try:
+            await self._loop.connect_accepted_socket(lambda: self.factory(ip), conn)
+        except (OSError, ConnectionError):
+            self.admission.release(self.name, ip)
+            conn.close()
 
     async def _handshake(self, conn: socket.socket, ip: str) -> None:
         try:

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 from expressgateway.config import ListenerConfig
-from expressgateway.io.acceptor import TlsAcceptor
+from expressgateway.io.acceptor import Acceptor
 from expressgateway.io.sweeper import Sweeper
 from expressgateway.proxy.context import L7Context, alt_svc_value
 from expressgateway.proxy.h1front import H1Front
@@ -99,24 +99,17 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         alt_svc=alt_svc,
         access_log=cfg.observability.access_log,
     )
-    if ssl_ctx is not None:
-        acceptor = TlsAcceptor(
-            lc.name,
-            sock,
-            ssl_ctx,
-            lambda ip: H1Front(ctx, admitted_ip=ip),
-            wc.admission,
-            cfg.runtime.handshake_timeout_ms / 1000,
-            cfg.runtime.accept_backoff_max_ms / 1000,
-        )
-        acceptor.start()
-        running = Running(lc.name, acceptor=acceptor)
-    else:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: H1Front(ctx), sock=sock, backlog=cfg.runtime.tcp_backlog
-        )
-        running = Running(lc.name, server=server)
+    acceptor = Acceptor(
+        lc.name,
+        sock,
+        ssl_ctx,
+        lambda ip: H1Front(ctx, admitted_ip=ip),
+        wc.admission,
+        cfg.runtime.handshake_timeout_ms / 1000,
+        cfg.runtime.accept_backoff_max_ms / 1000,
+    )
+    acceptor.start()
+    running = Running(lc.name, acceptor=acceptor)
     running.extra.append(ctx)
     running.extra.extend(slots)
     return running

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from expressgateway.config import Config, ListenerConfig
-from expressgateway.io.acceptor import TlsAcceptor
+from expressgateway.io.acceptor import Acceptor
 from expressgateway.io.admission import Admission
 from expressgateway.io.tickets import TicketKeys, set_session_tickets
 from expressgateway.io.tls import SniSelector, TlsConfigError, server_context
@@ -34,7 +34,7 @@ class Running:
 
     name: str
     server: asyncio.AbstractServer | None = None
-    acceptor: TlsAcceptor | None = None
+    acceptor: Acceptor | None = None
     udp: UdpListener | None = None
     #: a QUIC listener's endpoint (connections live in it, not in a server)
     quic: Any = None
@@ -228,24 +228,23 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
         connect_timeout=rt.connect_timeout_ms / 1000,
         cluster=cluster,
     )
+    ssl_ctx: ssl.SSLContext | None = None
+    slots: list[CertSlot] = []
     if lc.protocol == "tls" and lc.tls is not None:
         ssl_ctx, slots = tls_server(
             lc, wc.config, lc.tls.alpn or (), tickets=wc.tickets.get(lc.name)
         )
-        acceptor = TlsAcceptor(
-            lc.name,
-            sock,
-            ssl_ctx,
-            lambda ip: TcpRelay(ctx, admitted_ip=ip),
-            wc.admission,
-            rt.handshake_timeout_ms / 1000,
-            rt.accept_backoff_max_ms / 1000,
-        )
-        acceptor.start()
-        return Running(lc.name, acceptor=acceptor, extra=[ctx, *slots])
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: TcpRelay(ctx), sock=sock, backlog=rt.tcp_backlog)
-    return Running(lc.name, server=server, extra=[ctx])
+    acceptor = Acceptor(
+        lc.name,
+        sock,
+        ssl_ctx,
+        lambda ip: TcpRelay(ctx, admitted_ip=ip),
+        wc.admission,
+        rt.handshake_timeout_ms / 1000,
+        rt.accept_backoff_max_ms / 1000,
+    )
+    acceptor.start()
+    return Running(lc.name, acceptor=acceptor, extra=[ctx, *slots])
 
 
 @builder("udp")
