@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.gateway import Gateway, free_port, gateway, http_get
 from tests.support.l4 import config, listener, poll, recv_exactly
@@ -164,15 +166,25 @@ def test_sigterm_lets_open_connections_finish_then_exits_early(echo_port: int) -
         assert time.monotonic() - closed_at < 15, "waited for the drain timeout, not the connection"
 
 
-def test_draining_gateway_refuses_new_connections(echo_port: int) -> None:
+@pytest.mark.parametrize("protocol", ["tcp", "tls"])
+def test_draining_gateway_refuses_new_connections(
+    echo_port: int, tls_files: dict[str, str], protocol: str
+) -> None:
     """Once draining, new connections are refused at once (so clients and
-    a SO_REUSEPORT successor take them), not queued where nobody accepts."""
+    a SO_REUSEPORT successor take them), not queued where nobody accepts;
+    a connection already open keeps working."""
     admin, port = free_port(), free_port()
-    cfg = config(admin, listener("tcp-in", port, "tcp", [echo_port])).replace(
+    tls = f'\n[listeners.tls]\ncert_path = "{tls_files["cert"]}"\nkey_path = "{tls_files["key"]}"\n'
+    extra = tls if protocol == "tls" else ""
+    cfg = config(admin, listener("in", port, protocol, [echo_port], extra=extra)).replace(
         "drain_timeout_ms = 1000", "drain_timeout_ms = 60000"
     )
     with started(cfg, admin) as gw:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as held:
+        with contextlib.ExitStack() as stack:
+            held = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+            if protocol == "tls":
+                client = ssl.create_default_context(cafile=tls_files["ca"])
+                held = stack.enter_context(client.wrap_socket(held, server_hostname="localhost"))
             held.sendall(b"hold")
             assert recv_exactly(held, 4) == b"hold"
             assert gw.proc is not None
@@ -313,3 +325,44 @@ sni = "localhost"
             for r in records
         )
         assert [r["listener"] for r in records if r["msg"] == "listener started"] == ["tcp-in"]
+
+
+def test_a_worker_out_of_file_descriptors_backs_off_and_keeps_its_listener(
+    echo_port: int,
+) -> None:
+    """The worker's descriptor limit is lowered until accept() fails with
+    EMFILE: the error is counted, and once clients leave the same worker
+    accepts and relays again (the listener was neither closed nor lost)."""
+    admin, port = free_port(), free_port()
+    cfg = config(admin, listener("in", port, "tcp", [echo_port]))
+    with gateway(cfg, admin_port=admin) as gw:
+        assert echo_once(port) == b"ping"
+        (worker,) = workers_of(gw)
+        soft, hard = worker.rlimit(psutil.RLIMIT_NOFILE)
+        worker.rlimit(psutil.RLIMIT_NOFILE, (worker.num_fds() + 6, hard))
+        clients = []
+        try:
+            for _ in range(12):
+                c = socket.create_connection(("127.0.0.1", port), timeout=10)
+                c.settimeout(0.5)
+                clients.append(c)
+                with contextlib.suppress(OSError):
+                    c.sendall(b"x")
+                    c.recv(1)
+            assert poll(
+                lambda: gw.metric("accept_errors_total", listener="in", kind="fd_exhausted") > 0,
+                timeout=10,
+            ), "no accept error counted at the descriptor limit"
+        finally:
+            for c in clients:
+                c.close()
+            worker.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        assert poll(lambda: _echoes(port), timeout=10), "the listener did not come back"
+        assert workers_of(gw) == [worker]  # the same process, not a restarted one
+
+
+def _echoes(port: int) -> bool:
+    try:
+        return echo_once(port) == b"ping"
+    except OSError:
+        return False

@@ -88,10 +88,16 @@ class Acceptor:
         self._reading = True
 
     def close(self) -> None:
+        """Stop accepting and close the listening socket, so new connections
+        are refused at once (a SO_REUSEPORT sibling or successor takes them)
+        rather than queued in a backlog nobody reads."""
+        if self._closed:
+            return
         self._closed = True
         if self._reading:
             self._loop.remove_reader(self.sock.fileno())
             self._reading = False
+        self.sock.close()
 
     def _on_readable(self) -> None:
         for _ in range(ACCEPT_BATCH):

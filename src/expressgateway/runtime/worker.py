@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from expressgateway.config import Config, ConfigError, parse_config
-from expressgateway.io.acceptor import ACCEPT_ERRORS
 from expressgateway.io.admission import Admission
 from expressgateway.io.tickets import TicketKeys
 from expressgateway.observability.logging import setup_logging
@@ -233,11 +232,6 @@ def tune_gc() -> None:
 def _exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     message = str(context.get("message", ""))
     exc = context.get("exception")
-    if "accept" in message.lower():
-        kind = "fd_exhausted" if isinstance(exc, OSError) and exc.errno in (23, 24) else "other"
-        ACCEPT_ERRORS.labels("", kind).inc()
-        log.warning("accept error", extra={"kind": kind, "error": str(exc)})
-        return
     _LOOP_ERRORS.inc()
     log.error(
         "event loop error: %s",
