@@ -337,3 +337,46 @@ def test_body_or_trailers_before_the_head_is_a_programming_error() -> None:
         pair.codec.send_body(sid, b"x")
     with pytest.raises(RuntimeError):
         pair.codec.send_trailers(sid, [(b"a", b"b")])
+
+
+@pytest.mark.parametrize("size", [100, 16384 - 20, 40000])
+def test_a_response_head_of_any_size_reaches_a_real_client_whole(size: int) -> None:
+    """The codec frames response heads itself (not through hyperframe): a
+    block over the client's 16 KiB frame size goes out as HEADERS plus
+    CONTINUATION frames, END_HEADERS on the last one only, and h2 reads
+    them back as the same fields; the body that follows goes in DATA
+    frames no larger than that frame size."""
+    pair = ServerPair()
+    sid, _ = pair.request()
+    value = b"v" * size
+    body = b"b" * 40000
+    pair.codec.send_response_head(sid, ResponseHead(200, [(b"x-big", value)], False, len(body)))
+    assert pair.codec.send_body(sid, body, True) == len(body)
+    wire = pair.codec.data_to_send()
+    frames = parse_frames(wire)
+    heads = [f for f in frames if f.type in (0x1, 0x9)]
+    assert heads[0].type == 0x1 and all(f.type == 0x9 for f in heads[1:])
+    assert ["END_HEADERS" in f.flags for f in heads] == [False] * (len(heads) - 1) + [True]
+    assert (len(heads) > 1) == (size > 16384)
+    datas = [f for f in frames if f.type == 0x0]
+    assert max(len(f.data) for f in datas) <= 16384
+    assert ["END_STREAM" in f.flags for f in datas] == [False] * (len(datas) - 1) + [True]
+    events = pair.client.receive_data(wire)
+    resp = of_type(events, h2.events.ResponseReceived)[0]
+    assert resp.headers == [(b":status", b"200"), (b"x-big", value), (b"content-length", b"40000")]
+    assert b"".join(e.data for e in of_type(events, h2.events.DataReceived)) == body
+    assert of_type(events, h2.events.StreamEnded)
+    assert pair.codec.open_streams == 0
+
+
+def test_a_head_that_ends_the_stream_closes_it_for_a_real_client() -> None:
+    pair = ServerPair()
+    sid, _ = pair.request()
+    pair.codec.send_response_head(sid, ResponseHead(204, [], True))
+    events = pair.to_client()
+    assert of_type(events, h2.events.ResponseReceived)[0].headers == [(b":status", b"204")]
+    assert of_type(events, h2.events.StreamEnded)[0].stream_id == sid
+    assert pair.codec.open_streams == 0
+    # h2 agrees the stream is closed on both sides: a new request still works
+    sid2, out = pair.request()
+    assert sid2 > sid and isinstance(out[0][1], RequestHead)

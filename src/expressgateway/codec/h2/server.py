@@ -72,7 +72,7 @@ from expressgateway.core.events import (
 )
 
 from .abuse import AbuseLimits
-from .connection import H2Codec, Output, Stream, local_reset_reason
+from .connection import H2Codec, Output, Stream, local_reset_reason, send_final_headers
 from .events import GoAwayReceived, StreamRejected
 from .validate import (
     RequestValidator,
@@ -412,7 +412,7 @@ class H2ServerCodec(H2Codec):
         block = [(b":status", _STATUS[status]), *fields]
         if cl is not None and status != 204 and not (st.tunnel and status < 300):
             block.append((b"content-length", b"%d" % cl))
-        self._conn.send_headers(stream_id, block, end_stream=head.end_stream)
+        send_final_headers(self._conn, stream_id, block, head.end_stream)
         st.head_sent = st.can_send = True
         if head.end_stream:
             self._local_end(st)
