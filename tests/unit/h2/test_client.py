@@ -107,6 +107,36 @@ def test_request_head_becomes_pseudo_headers() -> None:
     assert data.data == b"hello" and data.stream_ended is not None
 
 
+@pytest.mark.parametrize("size", [100, 40000])
+def test_a_request_head_of_any_size_reaches_a_real_server_whole(size: int) -> None:
+    """The codec frames request heads itself (not through hyperframe): a
+    block over the server's 16 KiB frame size goes out as HEADERS plus
+    CONTINUATION frames, END_HEADERS on the last only, END_STREAM on the
+    HEADERS frame; h2 reads back the same fields and opens the stream."""
+    pair = ClientPair()
+    value = b"v" * size
+    sid = pair.codec.send_request(
+        RequestHead(b"GET", b"https", b"a", b"/", [(b"x-big", value)], True)
+    )
+    wire = pair.codec.data_to_send()
+    heads = [f for f in parse_frames(wire) if f.type in (0x1, 0x9)]
+    assert heads[0].type == 0x1 and all(f.type == 0x9 for f in heads[1:])
+    assert (len(heads) > 1) == (size > 16384)
+    assert ["END_HEADERS" in f.flags for f in heads] == [False] * (len(heads) - 1) + [True]
+    assert "END_STREAM" in heads[0].flags
+    events = pair.server.receive_data(wire)
+    req = of_type(events, h2.events.RequestReceived)[0]
+    assert req.stream_id == sid
+    assert req.headers == [
+        (b":method", b"GET"),
+        (b":scheme", b"http"),
+        (b":authority", b"a"),
+        (b":path", b"/"),
+        (b"x-big", value),
+    ]
+    assert of_type(events, h2.events.StreamEnded)
+
+
 def test_scheme_is_this_connections() -> None:
     pair = ClientPair(H2ClientCodec(scheme=b"https"))
     _, req = request(pair)

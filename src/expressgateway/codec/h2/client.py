@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from h2.connection import H2Connection
 from h2.events import (
     DataReceived,
     InformationalResponseReceived,
@@ -64,7 +63,14 @@ from expressgateway.core.events import (
 )
 
 from .abuse import AbuseLimits
-from .connection import H2Codec, Output, Stream, local_reset_reason
+from .connection import (
+    H2Codec,
+    LeanConnection,
+    Output,
+    Stream,
+    local_reset_reason,
+    send_headers_frames,
+)
 from .events import GoAwayReceived
 from .validate import StreamError, encode_fields, never_indexed, response_fields, trailer_fields
 
@@ -80,7 +86,7 @@ _WS_DROP = frozenset({b"sec-websocket-key"})
 _CULL_EVERY = 16
 
 
-class _ClientConnection(H2Connection):
+class _ClientConnection(LeanConnection):
     """h2's connection, without a count of the open streams for every new
     request: h2 scans all its streams for it (500 in flight on a shared
     upstream connection: most of a request's cost), but the client codec
@@ -219,7 +225,7 @@ class H2ClientCodec(H2Codec):
         if cl is not None and not tunnel:
             block.append((b"content-length", b"%d" % cl))
         sid = conn.get_next_available_stream_id()
-        conn.send_headers(sid, never_indexed(block), end_stream=end_stream)
+        send_headers_frames(conn, sid, never_indexed(block), end_stream)
         st = Stream(sid)
         st.can_send = True
         st.tunnel = tunnel

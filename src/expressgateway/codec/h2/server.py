@@ -51,7 +51,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from h2.connection import H2Connection
 from h2.events import DataReceived, RequestReceived, StreamReset, TrailersReceived
 from h2.settings import SettingCodes, Settings
 
@@ -72,7 +71,14 @@ from expressgateway.core.events import (
 )
 
 from .abuse import AbuseLimits
-from .connection import H2Codec, Output, Stream, local_reset_reason, send_final_headers
+from .connection import (
+    H2Codec,
+    LeanConnection,
+    Output,
+    Stream,
+    local_reset_reason,
+    send_headers_frames,
+)
 from .events import GoAwayReceived, StreamRejected
 from .validate import (
     RequestValidator,
@@ -91,7 +97,7 @@ _END = Body(b"", True)
 _CULL_EVERY = 16
 
 
-class _ServerConnection(H2Connection):
+class _ServerConnection(LeanConnection):
     """h2's connection, without a count of the open streams for every new
     one: h2 scans all its streams for it (and drops the closed ones on the
     way), but the server codec enforces MAX_CONCURRENT_STREAMS itself (h2's
@@ -412,7 +418,7 @@ class H2ServerCodec(H2Codec):
         block = [(b":status", _STATUS[status]), *fields]
         if cl is not None and status != 204 and not (st.tunnel and status < 300):
             block.append((b"content-length", b"%d" % cl))
-        send_final_headers(self._conn, stream_id, block, head.end_stream)
+        send_headers_frames(self._conn, stream_id, block, head.end_stream)
         st.head_sent = st.can_send = True
         if head.end_stream:
             self._local_end(st)
