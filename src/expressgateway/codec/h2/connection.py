@@ -30,9 +30,9 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from h2.config import H2Configuration
-from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
 from h2.errors import ErrorCodes
-from h2.events import PingAckReceived, RemoteSettingsChanged, WindowUpdated
+from h2.events import PingAckReceived, RemoteSettingsChanged, TrailersReceived, WindowUpdated
 from h2.exceptions import (
     FlowControlError,
     FrameDataMissingError,
@@ -45,7 +45,7 @@ from h2.exceptions import (
 )
 from h2.settings import SettingCodes, Settings
 from h2.stream import StreamInputs
-from h2.utilities import authority_from_headers, extract_method_header
+from h2.utilities import authority_from_headers, is_informational_response
 from hpack import Decoder, Encoder, HeaderTuple
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 from hpack.table import HeaderTable
@@ -355,6 +355,48 @@ class LeanConnection(H2Connection):
         else:
             self._prepare_for_sending(frames)
         return events
+
+    def _receive_headers_frame(self, frame: Any) -> tuple[list[Any], list[Any]]:
+        """h2's, with the stream's ``receive_headers`` inlined, minus what
+        our configuration makes a no-op (inbound validation and
+        normalization off, no header_encoding: h2 would build validation
+        flags, then only copy the list): the same stream-limit check, HPACK
+        decode, stream opening, state machine inputs and content-length
+        tracking, in the same order."""
+        sid = frame.stream_id
+        stream = self.streams.get(sid)
+        if stream is None:
+            limit = self.local_settings.max_concurrent_streams
+            open_now = self.open_inbound_streams
+            if open_now + 1 > limit:
+                raise TooManyStreamsError(f"Max inbound streams is {limit}, {open_now} open")
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(_RECV_HEADERS)
+        if stream is None:
+            stream = self._begin_new_stream(sid, AllowedStreamIDs(not self.config.client_side))
+        flags = frame.flags
+        end = "END_STREAM" in flags
+        machine = stream.state_machine
+        if is_informational_response(headers):
+            if end:
+                raise ProtocolError("Cannot set END_STREAM on informational responses")
+            stream_events = machine.process_input(_STREAM_RECV_INFORMATIONAL)
+        else:
+            stream_events = machine.process_input(_STREAM_RECV_HEADERS)
+        first: Any = stream_events[0]  # the headers event (h2 types it as Event)
+        if end:
+            ended = machine.process_input(_STREAM_RECV_END)
+            first.stream_ended = ended[0]
+            stream_events += ended
+        stream._initialize_content_length(headers)
+        if isinstance(first, TrailersReceived) and not end:
+            raise ProtocolError("Trailers must have END_STREAM set")
+        first.headers = list(headers)
+        if "PRIORITY" in flags:
+            _, p_events = self._receive_priority_frame(frame)
+            first.priority_updated = p_events[0]
+            stream_events.extend(p_events)
+        return [], events + stream_events
 
 
 class H2Codec:
@@ -906,6 +948,10 @@ def error_code_name(code: int) -> str:
 #: a frame header: length (24 bits, as 8 + 16), type, flags, stream id
 _FRAME_HEAD = struct.Struct(">BHBBL")
 _SEND_DATA = ConnectionInputs.SEND_DATA
+_RECV_HEADERS = ConnectionInputs.RECV_HEADERS
+_STREAM_RECV_HEADERS = StreamInputs.RECV_HEADERS
+_STREAM_RECV_INFORMATIONAL = StreamInputs.RECV_INFORMATIONAL_HEADERS
+_STREAM_RECV_END = StreamInputs.RECV_END_STREAM
 _SEND_HEADERS = ConnectionInputs.SEND_HEADERS
 _STREAM_SEND_DATA = StreamInputs.SEND_DATA
 _STREAM_SEND_HEADERS = StreamInputs.SEND_HEADERS
@@ -943,7 +989,9 @@ def send_headers_frames(conn: H2Connection, stream_id: int, headers: list[Any], 
         raise ProtocolError("Trailers must have END_STREAM set.")
     if machine.client and stream._authority is None:
         stream._authority = authority_from_headers(headers)
-    stream.request_method = extract_method_header(headers)
+    # what h2 records: the request's method (our request blocks start with
+    # it), None for a response (no :method in it)
+    stream.request_method = headers[0][1] if machine.client else None
     out = conn._data_to_send
     n = len(block)
     size = conn.max_outbound_frame_size
