@@ -10,7 +10,15 @@ from hpack import Encoder
 
 from expressgateway.codec.h2 import H2ConnectionError, StreamRejected
 from expressgateway.core.events import COMPRESSION_ERROR, RequestHead, ResponseHead
-from tests.unit.h2.helpers import BASIC, RawClient, ServerPair, goaway_of, only_head, server
+from tests.unit.h2.helpers import (
+    BASIC,
+    RawClient,
+    ServerPair,
+    goaway_of,
+    of_type,
+    only_head,
+    server,
+)
 
 # a block that starts with the four pseudo-headers from the static table
 _PSEUDO = b"\x82\x87\x84"  # :method GET, :scheme https, :path /
@@ -220,3 +228,21 @@ def test_memos_keep_only_small_blocks() -> None:
     codec = pair.codec
     assert not codec._validator._memo
     assert len(codec._conn.decoder._memo) <= 16
+
+
+def test_the_encoder_remembers_few_whole_blocks_and_no_large_ones() -> None:
+    """Whole response blocks are remembered (16 at most, 1 KiB each at
+    most) once their fields are; a real client still decodes every head."""
+    pair = ServerPair()
+    small = [(b"server", b"nginx")]
+    large = [(b"server", b"nginx"), (b"x-large", b"v" * 1100)]
+    for i in range(40):
+        for fields in ([*small, (b"x-i", b"%d" % i)], large):
+            for _ in range(2):  # the second time its fields are remembered
+                sid, _ = pair.request()
+                pair.codec.send_response_head(sid, ResponseHead(204, list(fields), True))
+                got = of_type(pair.to_client(), h2.events.ResponseReceived)
+                assert got[0].headers == [(b":status", b"204"), *fields]
+    blocks = pair.codec._conn.encoder._blocks
+    assert 0 < len(blocks) <= 16
+    assert all(len(block) <= 1024 for block in blocks.values())

@@ -82,6 +82,9 @@ _SHUTDOWN_PING = b"eg-drain"
 #: HPACK memos, per connection. The encoder remembers at most this many
 #: fields (all of them in hpack's tables anyway)
 _MEMO_MAX = 64
+#: response blocks remembered whole, and the largest one remembered
+_BLOCKS_MAX = 16
+_BLOCK_MAX_OCTETS = 1024
 #: the decoder remembers at most 16 blocks of up to 512 octets and 64
 #: fields: a peer sending distinct blocks makes it keep ~100 KiB at worst
 #: (less than two concurrent requests may hold), a repeating client 1-2
@@ -215,19 +218,39 @@ class _HPACKEncoder(Encoder):
     def __init__(self) -> None:
         super().__init__()
         self._memo: dict[tuple[bytes, bytes], bytes] = {}
+        #: whole blocks made only of remembered fields (a response head that
+        #: repeats), valid as long as the fields' octets are
+        self._blocks: dict[tuple[Any, ...], bytes] = {}
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
         memo = self._memo
         if self.header_table.resized:
-            memo.clear()
+            self._forget()
             return super().encode(headers, huffman=False)
+        key = tuple(headers)
+        block = self._blocks.get(key)
+        if block is not None:
+            return block
         parts = []
-        for field in headers:
+        remembered = True
+        for field in key:
             octets = memo.get(field)
             if octets is None or type(field) is not tuple:
                 octets = self._add_field(field)
+                remembered = False
             parts.append(octets)
-        return b"".join(parts)
+        block = b"".join(parts)
+        if remembered and len(block) <= _BLOCK_MAX_OCTETS:
+            blocks = self._blocks
+            if len(blocks) >= _BLOCKS_MAX:
+                blocks.clear()
+            blocks[key] = block
+        return block
+
+    def _forget(self) -> None:
+        """The dynamic table changed: remembered octets may be stale."""
+        self._memo.clear()
+        self._blocks.clear()
 
     def _add_field(self, field: Any) -> bytes:
         if isinstance(field, HeaderTuple):
@@ -241,10 +264,10 @@ class _HPACKEncoder(Encoder):
             if not sensitive:
                 memo = self._memo
                 if len(memo) >= _MEMO_MAX:
-                    memo.clear()
+                    self._forget()
                 memo[field] = octets
         elif first & 0x40:  # incremental indexing: the table changed
-            self._memo.clear()
+            self._forget()
         return octets
 
 
