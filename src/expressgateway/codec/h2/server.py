@@ -37,8 +37,11 @@ sockets; the only clock is the ``now`` the shell passes to ``feed`` and
    ``shutdown(now)`` starts a graceful two-step GOAWAY; close when
    ``draining`` and ``open_streams == 0``.
 
-What h2 does here: framing, HPACK, stream states, SETTINGS and PING
-answers, flow-control windows, the frame-level checks of RFC 9113 §5-§6.
+What h2 does here: parsing frames, HPACK, stream states, SETTINGS and
+PING answers, flow-control windows, the frame-level checks of RFC 9113
+§5-§6. Response HEADERS and DATA frames are framed by
+:mod:`.connection` itself (h2's state inputs and encoder, no hyperframe
+object per frame: most of h2's cost per request was building those).
 What this module adds: see :mod:`.frames` (frame-header pre-pass),
 :mod:`.abuse` (DoS detectors), :mod:`.validate` (request rules), and here:
 REFUSED_STREAM beyond MAX_CONCURRENT_STREAMS (h2 would close the
