@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from expressgateway.config import Config
 from expressgateway.config.load import parse_config
 from expressgateway.io.admission import Admission
 from expressgateway.io.cork import cork
@@ -112,15 +113,20 @@ class FakeTransport:
         self.closing = True
 
 
-async def setup() -> tuple[H1Front, H1Back, FakeTransport]:
-    cfg = parse_config(CONFIG)
+def worker_context(cfg: Config) -> WorkerContext:
+    """What a worker builds its listeners from, for worker 0 of ``cfg``."""
     rt = cfg.runtime
-    wc = WorkerContext(
+    return WorkerContext(
         config=cfg,
         admission=Admission(rt.per_ip_connection_cap, rt.max_inflight_connections),
         index=0,
         clusters=Clusters(cfg),
     )
+
+
+async def setup() -> tuple[H1Front, H1Back, FakeTransport]:
+    cfg = parse_config(CONFIG)
+    wc = worker_context(cfg)
     lc = cfg.listeners[0]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -41,14 +41,11 @@ from aioquic.quic.connection import QuicConnection
 
 from expressgateway.config.load import parse_config
 from expressgateway.io import cork as cork_module
-from expressgateway.io.admission import Admission
 from expressgateway.proxy import connectors
 from expressgateway.proxy.h1back import H1Back
 from expressgateway.proxy.h3listener import build_quic
-from expressgateway.runtime.listeners import WorkerContext
-from expressgateway.upstream.cluster import Clusters
 from expressgateway.upstream.pool import peer_key
-from inproc_h1 import RESPONSE
+from inproc_h1 import RESPONSE, worker_context
 from inproc_h1 import FakeTransport as H1FakeTransport
 
 CONFIG = """
@@ -174,17 +171,10 @@ async def main() -> None:
         check=True,
         capture_output=True,
     )
-    cfg = parse_config(CONFIG.format(dir=tmp))
-    rt = cfg.runtime
-    wc = WorkerContext(
-        config=cfg,
-        admission=Admission(rt.per_ip_connection_cap, rt.max_inflight_connections),
-        index=0,
-        clusters=Clusters(cfg),
-    )
+    wc = worker_context(parse_config(CONFIG.format(dir=tmp)))
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
-    running = await build_quic(wc, cfg.listeners[0], sock)
+    running = await build_quic(wc, wc.config.listeners[0], sock)
     endpoint = running.quic
     udp = FakeUdp()
     endpoint.transport = udp

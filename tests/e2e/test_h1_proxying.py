@@ -6,6 +6,7 @@ per-connection request cap."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -253,11 +254,10 @@ def test_one_upstream_connection_serves_a_keep_alive_client() -> None:
             assert gw.metric("pool_connections_total") == 1
 
 
-def test_idle_clients_hold_at_most_park_max_upstream_connections() -> None:
-    """Each keep-alive client may keep its upstream connection between its
-    requests, but only ``pool.park_max`` of them per worker: the others give
-    theirs back to the shared idle pool (``per_peer_max``). So 6 idle clients
-    hold 2 + 1 upstream sockets, not 6; and they all keep being served."""
+@contextlib.contextmanager
+def park_max_2_gateway() -> Iterator[tuple[Gateway, int, ScriptedBackend]]:
+    """A gateway with ``pool.park_max = 2`` and one pooled connection per
+    peer, in front of a backend that answers ``ok`` forever."""
     with ScriptedBackend(serve_forever) as backend:
         admin, port = free_port(), free_port()
         cfg = h1_config(
@@ -266,23 +266,32 @@ def test_idle_clients_hold_at_most_park_max_upstream_connections() -> None:
             tail="[pool]\npark_max = 2\nper_peer_max = 1\n",
         )
         with gateway(cfg, admin_port=admin) as gw:
-            clients = [httpx.Client() for _ in range(6)]
-            try:
-                for client in clients:
-                    assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
-                assert gw.metric("pool_parked_connections") == 2
-                assert gw.metric("pool_idle_connections") == 1
-                # clients 3-6 came one after another: they shared the pooled one
-                assert gw.metric("pool_connections_total") == 3
-                assert backend.connections == 3
-                # every client still gets answers; the first two on their own socket
-                for client in clients:
-                    assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
-            finally:
-                for client in clients:
-                    client.close()
-            # the slots come back when the clients leave
-            assert poll(lambda: gw.metric("pool_parked_connections") == 0)
+            yield gw, port, backend
+
+
+def test_idle_clients_hold_at_most_park_max_upstream_connections() -> None:
+    """Each keep-alive client may keep its upstream connection between its
+    requests, but only ``pool.park_max`` of them per worker: the others give
+    theirs back to the shared idle pool (``per_peer_max``). So 6 idle clients
+    hold 2 + 1 upstream sockets, not 6; and they all keep being served."""
+    with park_max_2_gateway() as (gw, port, backend):
+        clients = [httpx.Client() for _ in range(6)]
+        try:
+            for client in clients:
+                assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
+            assert gw.metric("pool_parked_connections") == 2
+            assert gw.metric("pool_idle_connections") == 1
+            # clients 3-6 came one after another: they shared the pooled one
+            assert gw.metric("pool_connections_total") == 3
+            assert backend.connections == 3
+            # every client still gets answers; the first two on their own socket
+            for client in clients:
+                assert client.get(f"http://127.0.0.1:{port}/").text == "ok"
+        finally:
+            for client in clients:
+                client.close()
+        # the slots come back when the clients leave
+        assert poll(lambda: gw.metric("pool_parked_connections") == 0)
 
 
 def test_an_http2_client_parks_upstream_connections_within_park_max() -> None:
@@ -290,25 +299,18 @@ def test_an_http2_client_parks_upstream_connections_within_park_max() -> None:
     finished with, but within the worker's parking slots: 6 concurrent
     streams open 5 or 6 upstream connections, 2 stay parked, the pool keeps
     1, and the slots come back when the client leaves."""
-    with ScriptedBackend(serve_forever) as backend:
-        admin, port = free_port(), free_port()
-        cfg = h1_config(
-            admin,
-            h1_listener(port, [backend.port]),
-            tail="[pool]\npark_max = 2\nper_peer_max = 1\n",
-        )
-        with gateway(cfg, admin_port=admin) as gw:
-            with RawH2(port) as c:
-                c.start()
-                sids = [c.request("/") for _ in range(6)]
-                for sid in sids:
-                    ex = c.response(sid)
-                    assert (ex.status, bytes(ex.data)) == (200, b"ok")
-                assert poll(lambda: gw.metric("pool_parked_connections") == 2)
-                assert gw.metric("pool_idle_connections") == 1
-                # (6, or 5 when the gateway reads the six HEADERS in two goes)
-                assert backend.connections >= 5
-            assert poll(lambda: gw.metric("pool_parked_connections") == 0)
+    with park_max_2_gateway() as (gw, port, backend):
+        with RawH2(port) as c:
+            c.start()
+            sids = [c.request("/") for _ in range(6)]
+            for sid in sids:
+                ex = c.response(sid)
+                assert (ex.status, bytes(ex.data)) == (200, b"ok")
+            assert poll(lambda: gw.metric("pool_parked_connections") == 2)
+            assert gw.metric("pool_idle_connections") == 1
+            # (6, or 5 when the gateway reads the six HEADERS in two goes)
+            assert backend.connections >= 5
+        assert poll(lambda: gw.metric("pool_parked_connections") == 0)
 
 
 def test_later_client_connections_reuse_the_pooled_upstream_connection(rig: Rig) -> None:

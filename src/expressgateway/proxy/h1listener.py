@@ -6,7 +6,6 @@ import asyncio
 import socket
 
 from expressgateway.config import ListenerConfig
-from expressgateway.io.acceptor import Acceptor
 from expressgateway.io.sweeper import Sweeper
 from expressgateway.proxy.context import L7Context, alt_svc_value
 from expressgateway.proxy.h1front import H1Front
@@ -16,6 +15,7 @@ from expressgateway.runtime.listeners import (
     CertSlot,
     Running,
     WorkerContext,
+    accepting,
     builder,
     tls_server,
 )
@@ -99,16 +99,7 @@ async def build_h1(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -
         alt_svc=alt_svc,
         access_log=cfg.observability.access_log,
     )
-    acceptor = Acceptor(
-        lc.name,
-        sock,
-        ssl_ctx,
-        lambda ip: H1Front(ctx, admitted_ip=ip),
-        wc.admission,
-        cfg.runtime.handshake_timeout_ms / 1000,
-        cfg.runtime.accept_backoff_max_ms / 1000,
-    )
-    acceptor.start()
+    acceptor = accepting(wc, lc, sock, ssl_ctx, lambda ip: H1Front(ctx, admitted_ip=ip))
     running = Running(lc.name, acceptor=acceptor)
     running.extra.append(ctx)
     running.extra.extend(slots)

@@ -217,6 +217,29 @@ def cluster_for(wc: WorkerContext, lc: ListenerConfig) -> Cluster:
     return cluster
 
 
+def accepting(
+    wc: WorkerContext,
+    lc: ListenerConfig,
+    sock: socket.socket,
+    ssl_ctx: ssl.SSLContext | None,
+    factory: Callable[[str], asyncio.Protocol],
+) -> Acceptor:
+    """Start the accept loop of a TCP listener (plain when ``ssl_ctx`` is
+    None); ``factory`` gets the admitted client IP."""
+    rt = wc.config.runtime
+    acceptor = Acceptor(
+        lc.name,
+        sock,
+        ssl_ctx,
+        factory,
+        wc.admission,
+        rt.handshake_timeout_ms / 1000,
+        rt.accept_backoff_max_ms / 1000,
+    )
+    acceptor.start()
+    return acceptor
+
+
 @builder("tcp", "tls")
 async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.socket) -> Running:
     rt = wc.config.runtime
@@ -234,16 +257,7 @@ async def _build_l4_tcp(wc: WorkerContext, lc: ListenerConfig, sock: socket.sock
         ssl_ctx, slots = tls_server(
             lc, wc.config, lc.tls.alpn or (), tickets=wc.tickets.get(lc.name)
         )
-    acceptor = Acceptor(
-        lc.name,
-        sock,
-        ssl_ctx,
-        lambda ip: TcpRelay(ctx, admitted_ip=ip),
-        wc.admission,
-        rt.handshake_timeout_ms / 1000,
-        rt.accept_backoff_max_ms / 1000,
-    )
-    acceptor.start()
+    acceptor = accepting(wc, lc, sock, ssl_ctx, lambda ip: TcpRelay(ctx, admitted_ip=ip))
     return Running(lc.name, acceptor=acceptor, extra=[ctx, *slots])
 
 

@@ -82,28 +82,17 @@ _NO_CONTENT = frozenset({204, 304})
 _WS_DROP = frozenset({b"sec-websocket-key"})
 
 
-#: h2 counts (and culls) its open streams once every this many new streams
-_CULL_EVERY = 16
-
-
 class _ClientConnection(LeanConnection):
     """h2's connection, without a count of the open streams for every new
     request: h2 scans all its streams for it (500 in flight on a shared
     upstream connection: most of a request's cost), but the client codec
     keeps the backend's MAX_CONCURRENT_STREAMS itself
     (:attr:`H2ClientCodec.available_streams`). The scan, which also drops
-    closed streams, still runs every :data:`_CULL_EVERY` new streams."""
-
-    _until_cull = _CULL_EVERY
+    closed streams, still runs every :data:`.connection.CULL_EVERY` new streams."""
 
     @property
     def open_outbound_streams(self) -> int:
-        left = self._until_cull - 1
-        if left > 0:
-            self._until_cull = left
-            return 0
-        self._until_cull = _CULL_EVERY
-        return super().open_outbound_streams
+        return super().open_outbound_streams if self._cull_due() else 0
 
 
 class H2ClientCodec(H2Codec):

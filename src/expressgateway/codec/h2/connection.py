@@ -346,11 +346,30 @@ _H2_REASONS: tuple[tuple[type[Exception], str], ...] = (
 )
 
 
+#: h2 counts the open streams (and drops the closed ones) every this many
+#: new streams
+CULL_EVERY = 16
+
+
 class LeanConnection(H2Connection):
     """h2's connection, receiving frames without building ``repr(frame)``
     for a trace log line first (h2 formats it eagerly, whatever the log
     level: about 2.5% of an HTTP/2 worker's time). Otherwise h2's
     ``_receive_frame`` as in h2 4.x, error handling included."""
+
+    _until_cull = CULL_EVERY
+
+    def _cull_due(self) -> bool:
+        """True every :data:`CULL_EVERY` calls: h2 counts open streams by
+        scanning all of them (dropping the closed ones on the way) for every
+        new stream, but our codecs keep the stream limits themselves, so the
+        scan only needs to run often enough that closed streams don't pile up."""
+        left = self._until_cull - 1
+        if left > 0:
+            self._until_cull = left
+            return False
+        self._until_cull = CULL_EVERY
+        return True
 
     def _receive_frame(self, frame: Any) -> list[Any]:
         events: list[Any]

@@ -95,9 +95,6 @@ if TYPE_CHECKING:
     from expressgateway.config.model import H2SecurityConfig
 
 _END = Body(b"", True)
-#: h2 counts the open streams (and drops the closed ones) every this many
-#: new streams
-_CULL_EVERY = 16
 
 
 class _ServerConnection(LeanConnection):
@@ -105,18 +102,11 @@ class _ServerConnection(LeanConnection):
     one: h2 scans all its streams for it (and drops the closed ones on the
     way), but the server codec enforces MAX_CONCURRENT_STREAMS itself (h2's
     copy of our settings has no limit). The scan still runs every
-    :data:`_CULL_EVERY` new streams, so closed streams do not pile up."""
-
-    _until_cull = _CULL_EVERY
+    :data:`.connection.CULL_EVERY` new streams, so closed streams do not pile up."""
 
     @property
     def open_inbound_streams(self) -> int:
-        left = self._until_cull - 1
-        if left > 0:
-            self._until_cull = left
-            return 0
-        self._until_cull = _CULL_EVERY
-        return super().open_inbound_streams
+        return super().open_inbound_streams if self._cull_due() else 0
 
 
 _NO_CONTENT = frozenset({204, 304})
